@@ -1,0 +1,42 @@
+# xlerobot-deploy: the two commands of the README, and the pieces they are made of.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VERSION ?= 1.0.0
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
+export ANSIBLE_FORCE_COLOR ?= 0
+
+.PHONY: up venv bootstrap build deploy test lint unit integration bench teardown clean
+
+## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
+up: bootstrap build deploy
+
+venv:
+	./scripts/venv.sh
+
+bootstrap: venv
+	ansible-playbook playbooks/bootstrap.yml
+
+build: bootstrap
+	ansible-playbook playbooks/build.yml -e version=$(VERSION)
+
+deploy:
+	ansible-playbook playbooks/deploy.yml -e strategy=bluegreen -e version=$(VERSION)
+
+## Second command: the whole test suite (lint, unit, service, end-to-end), set-up included.
+test: bootstrap lint
+	pytest
+
+lint: venv
+	yamllint -s .
+	ansible-lint
+	ruff check plugins services tests bench
+	mypy
+
+teardown: venv
+	ansible-playbook playbooks/teardown.yml
+
+bench: bootstrap
+	python bench/skeleton.py

@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One naming scheme everywhere: containers, HAProxy backends and servers, release ids."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from ansible.errors import AnsibleFilterError
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def _check(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise AnsibleFilterError(f"{kind} {value!r} must be lower-case letters and digits, starting with a letter")
+    return value
+
+
+def xl_backend(service: str) -> str:
+    """HAProxy backend of a service: be_<service>."""
+    return f"be_{_check('service', service)}"
+
+
+def xl_server(service: str, colour: str, host: str | None = None) -> str:
+    """HAProxy server of one instance: <service>_<colour>, plus _<host> when a service spans several hosts."""
+    name = f"{_check('service', service)}_{_check('colour', colour)}"
+    return f"{name}_{re.sub(r'[^a-z0-9]', '', host.lower())}" if host else name
+
+
+def xl_servers(service: str, colour: str, hosts: list[str]) -> list[str]:
+    """Every HAProxy server of one colour of a service, one per speech host."""
+    if not hosts:
+        raise AnsibleFilterError(f"service {service!r} has no speech hosts")
+    return [xl_server(service, colour, host if len(hosts) > 1 else None) for host in hosts]
+
+
+def xl_weights(servers: list[str], weight: int) -> dict[str, int]:
+    """The same weight for every server in the list."""
+    return {server: int(weight) for server in servers}
+
+
+def xl_live_colours(weights: dict[str, int], service: str, colours: list[str], hosts: list[str]) -> list[str]:
+    """Colours of a service that take traffic: any of their servers has a weight above zero."""
+    return [colour for colour in colours
+            if any(weights.get(server, 0) > 0 for server in xl_servers(service, colour, hosts))]
+
+
+def xl_container(service: str, colour: str, prefix: str = "xl") -> str:
+    """Container of one instance: <prefix>-<service>-<colour>."""
+    return f"{prefix}-{_check('service', service)}-{_check('colour', colour)}"
+
+
+def xl_other_colour(colour: str | None, colours: list[str] | None = None) -> str:
+    """The idle colour: the one that is not live (the first colour when nothing is live)."""
+    colours = colours or ["blue", "green"]
+    if len(colours) != 2:
+        raise AnsibleFilterError(f"blue-green needs exactly two colours, got {colours}")
+    if not colour:
+        return colours[0]
+    if colour not in colours:
+        raise AnsibleFilterError(f"colour {colour!r} is not one of {colours}")
+    return colours[1] if colour == colours[0] else colours[0]
+
+
+def xl_release_id(version: str, now: str | None = None) -> str:
+    """Release id pinned once per run: <UTC timestamp>-<version>."""
+    moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
+    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{version}"
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "xl_backend": xl_backend,
+            "xl_server": xl_server,
+            "xl_servers": xl_servers,
+            "xl_weights": xl_weights,
+            "xl_live_colours": xl_live_colours,
+            "xl_container": xl_container,
+            "xl_other_colour": xl_other_colour,
+            "xl_release_id": xl_release_id,
+        }

@@ -1,0 +1,161 @@
+# -*- coding: utf-8 -*-
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Deploy gates: ordered checks a new instance must pass before it may take traffic.
+
+Gates are data (a list of dicts from configuration); this module executes them against one
+instance and reports each with its measured value and threshold. Standard library only, because
+the checks run on the host that runs the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, Callable
+
+GATE_TYPES = ("liveness", "readiness", "transcription")
+
+
+class GateSpecError(ValueError):
+    """A gate definition is malformed."""
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower-case words without punctuation, the usual normalisation before scoring speech recognition."""
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Levenshtein distance over words divided by the reference length (1.0 when the reference is empty
+    and the hypothesis is not)."""
+    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, start=1):
+        current = [i] + [0] * len(hyp)
+        for j, hyp_word in enumerate(hyp, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
+        previous = current
+    return previous[-1] / len(ref)
+
+
+def http_request(url: str, timeout: float, data: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """Return (status, body); status 0 means no HTTP answer at all (refused, reset, timed out)."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, f"{type(exc).__name__}: {reason}"
+
+
+def multipart_body(fields: dict[str, str], file_field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def validate_gates(gates: list[dict[str, Any]]) -> None:
+    for index, gate in enumerate(gates):
+        kind = gate.get("type")
+        if kind not in GATE_TYPES:
+            raise GateSpecError(f"gates[{index}].type must be one of {', '.join(GATE_TYPES)}, got {kind!r}")
+        if kind == "transcription":
+            if not gate.get("audio"):
+                raise GateSpecError(f"gates[{index}] ({kind}) needs 'audio'")
+            if not (gate.get("expected_text") or gate.get("text")):
+                raise GateSpecError(f"gates[{index}] ({kind}) needs 'expected_text' (or 'text')")
+            max_wer = gate.get("max_wer", 0.2)
+            if not isinstance(max_wer, (int, float)) or not 0 <= max_wer <= 1:
+                raise GateSpecError(f"gates[{index}].max_wer must be a number 0..1, got {max_wer!r}")
+
+
+def _poll_ok(url: str, timeout: float, interval: float, clock: Callable[[], float],
+             sleep: Callable[[float], None]) -> dict[str, Any]:
+    started = clock()
+    attempts, status, body = 0, 0, ""
+    while True:
+        attempts += 1
+        status, body = http_request(url, timeout=min(5.0, max(timeout, 0.5)))
+        if status == 200:
+            return {"passed": True, "measured": f"HTTP 200 after {clock() - started:.1f} s", "attempts": attempts,
+                    "seconds": round(clock() - started, 3)}
+        if clock() - started >= timeout:
+            return {"passed": False, "attempts": attempts, "seconds": round(clock() - started, 3),
+                    "measured": f"HTTP {status or 'no answer'}",
+                    "why": f"{url} did not answer 200 within {timeout:.0f} s (last: {status or 'no answer'} "
+                           f"{body.strip()[:160]})"}
+        sleep(interval)
+
+
+def _transcription(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+    with open(gate["audio"], "rb") as handle:
+        audio = handle.read()
+    body, content_type = multipart_body({"response_format": "json"}, "file", "gate.wav", audio)
+    started = time.monotonic()
+    status, answer = http_request(f"{base_url}{gate.get('path', '/v1/audio/transcriptions')}",
+                                  timeout=float(gate.get("timeout", 60)), data=body,
+                                  headers={"Content-Type": content_type})
+    seconds = round(time.monotonic() - started, 3)
+    max_wer = float(gate.get("max_wer", 0.2))
+    if status != 200:
+        return {"passed": False, "seconds": seconds, "measured": f"HTTP {status or 'no answer'}",
+                "why": f"transcription request failed with {status or 'no answer'}: {answer.strip()[:160]}"}
+    try:
+        text = json.loads(answer)["text"]
+    except (ValueError, KeyError, TypeError):
+        return {"passed": False, "seconds": seconds, "measured": "unparseable answer",
+                "why": f"answer is not {{'text': ...}} JSON: {answer.strip()[:160]}"}
+    expected = gate.get("expected_text") or gate["text"]
+    wer = word_error_rate(expected, text)
+    result = {"passed": wer <= max_wer, "seconds": seconds, "measured": round(wer, 3), "threshold": max_wer,
+              "transcript": text}
+    if not result["passed"]:
+        result["why"] = (f"word error rate {wer:.2f} > {max_wer:.2f} (expected {expected!r}, "
+                         f"got {text!r})")
+    return result
+
+
+def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+    """Run gates in order and stop at the first that fails; every result carries its name and type."""
+    validate_gates(gates)
+    results = []
+    for gate in gates:
+        kind = gate["type"]
+        name = gate.get("name", kind)
+        if kind in ("liveness", "readiness"):
+            path = gate.get("path", "/healthz" if kind == "liveness" else "/readyz")
+            outcome = _poll_ok(f"{base_url}{path}", float(gate.get("timeout", 60)),
+                               float(gate.get("interval", 0.5)), clock, sleep)
+        else:
+            outcome = _transcription(base_url, gate)
+        results.append({"name": name, "type": kind, **outcome})
+        if not outcome["passed"]:
+            break
+    return results
+
+
+def failure_message(service: str, context: dict[str, Any], results: list[dict[str, Any]]) -> str | None:
+    failed = next((result for result in results if not result["passed"]), None)
+    if failed is None:
+        return None
+    where = ", ".join(f"{key} {value}" for key, value in context.items() if value)
+    return f"gate '{failed['name']}' failed for service {service} ({where}): {failed['why']}"

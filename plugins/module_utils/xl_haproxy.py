@@ -1,0 +1,201 @@
+# -*- coding: utf-8 -*-
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""HAProxy runtime API: read server state and move traffic without a reload.
+
+Plain functions over plain data, so the haproxy_traffic module stays a thin shell and pytest can
+exercise every branch against a real HAProxy.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+# srv_op_state values from `show servers state` (HAProxy management guide, section 9.3).
+OP_STATES = {0: "STOPPED", 1: "STARTING", 2: "RUNNING", 3: "STOPPING"}
+# srv_admin_state bits.
+ADMIN_FMAINT, ADMIN_IMAINT, ADMIN_CMAINT, ADMIN_FDRAIN, ADMIN_IDRAIN = 0x01, 0x02, 0x04, 0x08, 0x10
+ADMIN_MAINT_MASK = ADMIN_FMAINT | ADMIN_IMAINT | ADMIN_CMAINT
+ADMIN_DRAIN_MASK = ADMIN_FDRAIN | ADMIN_IDRAIN
+MAX_WEIGHT = 256
+
+
+class HaproxyError(Exception):
+    """The runtime API could not be reached or refused a command."""
+
+
+def send_command(socket_path: str, command: str, timeout: float = 5.0) -> str:
+    """Send one command line (several commands may be joined with ';') and return the raw answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(socket_path)
+            conn.sendall(command.encode() + b"\n")
+            chunks = []
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError as exc:
+        raise HaproxyError(f"HAProxy runtime socket {socket_path}: {exc}") from exc
+    return b"".join(chunks).decode(errors="replace")
+
+
+def parse_servers_state(text: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Parse `show servers state` into {backend: {server: {...}}}."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    header: list[str] = []
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for line in lines:
+        if line.startswith("#"):
+            header = line.lstrip("# ").split()
+            continue
+        fields = line.split()
+        if not header or len(fields) < 8:
+            continue  # the leading format-version line, or noise
+        row = dict(zip(header, fields))
+        admin = int(row["srv_admin_state"])
+        op_state = int(row["srv_op_state"])
+        result.setdefault(row["be_name"], {})[row["srv_name"]] = {
+            "address": row["srv_addr"],
+            "port": int(row.get("srv_port", 0) or 0),
+            "weight": int(row["srv_uweight"]),
+            "initial_weight": int(row["srv_iweight"]),
+            "op_state": OP_STATES.get(op_state, str(op_state)),
+            "up": op_state == 2 and not admin & ADMIN_MAINT_MASK,
+            "maintenance": bool(admin & ADMIN_MAINT_MASK),
+            "draining": bool(admin & ADMIN_DRAIN_MASK),
+        }
+    return result
+
+
+def parse_stat_sessions(text: str) -> dict[tuple[str, str], int]:
+    """Current sessions per (backend, server) from `show stat` CSV."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise HaproxyError(f"unexpected `show stat` answer: {text[:200]!r}")
+    header = lines[0][2:].split(",")
+    pxname, svname, scur = header.index("pxname"), header.index("svname"), header.index("scur")
+    sessions = {}
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) > scur and fields[svname] not in ("FRONTEND", "BACKEND"):
+            sessions[(fields[pxname], fields[svname])] = int(fields[scur] or 0)
+    return sessions
+
+
+def backend_state(socket_path: str, backend: str) -> dict[str, dict[str, Any]]:
+    answer = send_command(socket_path, f"show servers state {backend}")
+    if "Can't find backend" in answer or "No such backend" in answer:
+        raise HaproxyError(f"backend {backend!r} does not exist in HAProxy")
+    state = parse_servers_state(answer)
+    if backend not in state:
+        raise HaproxyError(f"backend {backend!r} has no servers in HAProxy (answer: {answer.strip()[:200]!r})")
+    return state[backend]
+
+
+def live_servers(servers: dict[str, dict[str, Any]]) -> list[str]:
+    """Servers that take new requests: weight above zero and not in maintenance."""
+    return sorted(name for name, srv in servers.items() if srv["weight"] > 0 and not srv["maintenance"])
+
+
+def plan_weights(servers: dict[str, dict[str, Any]], weights: dict[str, int]) -> list[str]:
+    """Runtime commands that bring `servers` to `weights`; raising ones first so capacity never dips to zero."""
+    unknown = sorted(set(weights) - set(servers))
+    if unknown:
+        raise HaproxyError(f"unknown server(s) {unknown}; the backend has {sorted(servers)}")
+    for name, weight in weights.items():
+        if not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise HaproxyError(f"weight for {name} must be an integer 0..{MAX_WEIGHT}, got {weight!r}")
+    changes = [(name, weight) for name, weight in weights.items()
+               if servers[name]["weight"] != weight or (weight > 0 and servers[name]["maintenance"])]
+    changes.sort(key=lambda item: item[1] == 0)  # raise before lower
+    commands = []
+    for name, weight in changes:
+        if weight > 0 and servers[name]["maintenance"]:
+            commands.append(f"set server {{backend}}/{name} state ready")
+        commands.append(f"set weight {{backend}}/{name} {weight}")
+    return commands
+
+
+def wait_until_up(socket_path: str, backend: str, names: list[str], timeout: float,
+                  interval: float = 0.25) -> dict[str, dict[str, Any]]:
+    """Block until HAProxy's own health checks report every server in `names` as UP."""
+    deadline = time.monotonic() + timeout
+    while True:
+        servers = backend_state(socket_path, backend)
+        down = [name for name in names if not servers.get(name, {}).get("up")]
+        if not down:
+            return servers
+        if time.monotonic() >= deadline:
+            detail = ", ".join(f"{name}={servers.get(name, {}).get('op_state', 'absent')}" for name in down)
+            raise HaproxyError(f"HAProxy health checks never marked {detail} UP in backend {backend} "
+                               f"within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def wait_until_drained(socket_path: str, backend: str, names: list[str], timeout: float,
+                       interval: float = 0.25) -> dict[str, int]:
+    """Block until the servers in `names` have no request in flight; return what was left at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sessions = parse_stat_sessions(send_command(socket_path, "show stat"))
+        left = {name: sessions.get((backend, name), 0) for name in names}
+        if not any(left.values()) or time.monotonic() >= deadline:
+            return left
+        time.sleep(interval)
+
+
+def apply_weights(socket_path: str, backend: str, weights: dict[str, int], wait_up_timeout: float = 30.0,
+                  check_mode: bool = False) -> dict[str, Any]:
+    """Move traffic to `weights`. Servers gaining weight must be UP first, or nothing is changed."""
+    before = backend_state(socket_path, backend)
+    commands = [cmd.format(backend=backend) for cmd in plan_weights(before, weights)]
+    result: dict[str, Any] = {"changed": bool(commands), "commands": commands,
+                              "before": _weights_view(before), "after": _weights_view(before)}
+    if not commands:
+        return result
+    expected = {**{name: srv["weight"] for name, srv in before.items()}, **weights}
+    result["after"] = {name: expected[name] for name in before}
+    if check_mode:
+        return result
+    gaining = [name for name, weight in weights.items() if weight > 0]
+    if wait_up_timeout > 0 and gaining:
+        wait_until_up(socket_path, backend, gaining, wait_up_timeout)
+    # One line: HAProxy runs the commands back to back, so the switch is one runtime-API call.
+    answer = send_command(socket_path, ";".join(commands)).strip()
+    if answer:
+        raise HaproxyError(f"HAProxy refused {commands}: {answer}")
+    after = backend_state(socket_path, backend)
+    wrong = {name: after[name]["weight"] for name, weight in weights.items() if after[name]["weight"] != weight}
+    if wrong:
+        raise HaproxyError(f"weights read back differ from what was set: {wrong}")
+    result["after"] = _weights_view(after)
+    return result
+
+
+def _weights_view(servers: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: (0 if srv["maintenance"] else srv["weight"]) for name, srv in sorted(servers.items())}
+
+
+def config_weights(text: str) -> dict[str, dict[str, int]]:
+    """Server weights per backend as written in an HAProxy configuration file (used when HAProxy is down)."""
+    weights: dict[str, dict[str, int]] = {}
+    backend = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if words[0] in ("backend", "frontend", "listen", "defaults", "global", "resolvers", "peers", "userlist"):
+            backend = words[1] if words[0] in ("backend", "listen") and len(words) > 1 else None
+            continue
+        if backend and words[0] == "server" and len(words) >= 3:
+            weight = 1  # HAProxy's default when no weight keyword is given
+            if "weight" in words[3:]:
+                weight = int(words[words.index("weight", 3) + 1])
+            weights.setdefault(backend, {})[words[1]] = weight
+    return weights

@@ -1,0 +1,94 @@
+# -*- coding: utf-8 -*-
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Deploy state and history on the gateway host.
+
+``state.json`` holds what is live per service (read back by rollback and the next deploy);
+``history.jsonl`` is append-only, one JSON object per deploy event, for audits and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.jsonl"
+
+
+class StateError(Exception):
+    """The state file exists but cannot be read as deploy state."""
+
+
+def load_state(state_dir: str) -> dict[str, Any]:
+    path = os.path.join(state_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return {"services": {}}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read deploy state {path}: {exc}") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("services"), dict):
+        raise StateError(f"deploy state {path} has no 'services' mapping")
+    return state
+
+
+def _atomic_write(path: str, text: str, mode: int = 0o640) -> None:
+    directory = os.path.dirname(path)
+    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".state-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp_path, mode)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def next_state(state: dict[str, Any], service: str, live: dict[str, Any]) -> dict[str, Any]:
+    """State after `live` becomes the service's live release; the replaced one becomes `previous`."""
+    services = dict(state.get("services", {}))
+    current = services.get(service, {})
+    entry = {key: live[key] for key in ("colour", "version", "image", "digest", "release", "at", "retire_previous_after") if key in live}
+    if current.get("live") and current["live"].get("colour") != entry.get("colour"):
+        previous = current["live"]
+    else:
+        previous = current.get("previous")
+    services[service] = {"live": entry, **({"previous": previous} if previous else {})}
+    return {**state, "services": services}
+
+
+def save_state(state_dir: str, state: dict[str, Any]) -> None:
+    os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    _atomic_write(os.path.join(state_dir, STATE_FILE), json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def append_history(state_dir: str, event: dict[str, Any]) -> None:
+    os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    path = os.path.join(state_dir, HISTORY_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    with os.fdopen(fd, "a", encoding="utf-8") as out:
+        out.write(json.dumps(event, sort_keys=True) + "\n")
+
+
+def read_history(state_dir: str, service: str | None = None) -> list[dict[str, Any]]:
+    path = os.path.join(state_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise StateError(f"{path}:{number}: not JSON: {exc}") from exc
+            if service is None or event.get("service") == service:
+                events.append(event)
+    return events

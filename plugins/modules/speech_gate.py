@@ -1,0 +1,113 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: speech_gate
+short_description: Run deploy gates against one speech service instance
+description:
+  - Runs an ordered list of gates (liveness, readiness, synthetic transcription) against one instance
+    and stops at the first that fails.
+  - Every gate is reported with its measured value and threshold; a failure names the gate, the service
+    and why.
+  - Gates only read from the instance, so the module never reports a change.
+options:
+  service:
+    description: Service name, used in messages.
+    type: str
+    required: true
+  url:
+    description: Base URL of the instance, for example C(http://127.0.0.1:18002).
+    type: str
+    required: true
+  gates:
+    description:
+      - Ordered gate definitions. Each has C(type) (V(liveness), V(readiness) or V(transcription)) and
+        optionally C(name), C(path), C(timeout) and C(interval).
+      - V(transcription) gates need C(audio) (a WAV file on the target) and C(expected_text), and accept
+        C(max_wer) (default 0.2).
+    type: list
+    elements: dict
+    required: true
+  context:
+    description: Extra identity shown in messages, such as colour and version.
+    type: dict
+    default: {}
+attributes:
+  check_mode:
+    support: full
+    details: In check mode no request is sent; the gates are only validated.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+author:
+  - XleRobot deploy authors
+"""
+
+EXAMPLES = r"""
+- name: Gate the new green ASR instance
+  speech_gate:
+    service: asr
+    url: http://127.0.0.1:18002
+    context: {colour: green, version: 1.1.0}
+    gates:
+      - {type: liveness, timeout: 30}
+      - {type: readiness, timeout: 120}
+      - type: transcription
+        audio: /var/lib/xlerobot/golden/kitchen.wav
+        expected_text: Please turn on the kitchen lights
+        max_wer: 0.2
+"""
+
+RETURN = r"""
+results:
+  description: One entry per gate that ran, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "readiness", "type": "readiness", "passed": true, "measured": "HTTP 200 after 4.1 s"}]
+passed:
+  description: Whether every gate passed.
+  returned: always
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible.module_utils.xl_gates import GateSpecError, failure_message, run_gates, validate_gates
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            service=dict(type="str", required=True),
+            url=dict(type="str", required=True),
+            gates=dict(type="list", elements="dict", required=True),
+            context=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        validate_gates(params["gates"])
+    except GateSpecError as exc:
+        module.fail_json(msg=f"service {params['service']}: {exc}")
+    if module.check_mode:
+        module.exit_json(changed=False, results=[], passed=True, skipped_reason="check mode sends no request")
+    try:
+        results = run_gates(params["url"].rstrip("/"), params["gates"])
+    except OSError as exc:
+        module.fail_json(msg=f"service {params['service']}: cannot run gates: {exc}")
+    message = failure_message(params["service"], params["context"], results)
+    if message:
+        module.fail_json(msg=message, results=results, passed=False)
+    module.exit_json(changed=False, results=results, passed=True)
+
+
+if __name__ == "__main__":
+    main()
