@@ -20,6 +20,10 @@ ADMIN_FMAINT, ADMIN_IMAINT, ADMIN_CMAINT, ADMIN_FDRAIN, ADMIN_IDRAIN = 0x01, 0x0
 ADMIN_MAINT_MASK = ADMIN_FMAINT | ADMIN_IMAINT | ADMIN_CMAINT
 ADMIN_DRAIN_MASK = ADMIN_FDRAIN | ADMIN_IDRAIN
 MAX_WEIGHT = 256
+# srv_check_result values: a freshly started HAProxy reports servers RUNNING before any check has passed,
+# so UP also requires a passed check wherever checks are configured.
+CHECK_PASSED, CHECK_CONDPASS = 3, 4
+CHECK_CONFIGURED = 0x02
 
 
 class HaproxyError(Exception):
@@ -59,13 +63,15 @@ def parse_servers_state(text: str) -> dict[str, dict[str, dict[str, Any]]]:
         row = dict(zip(header, fields))
         admin = int(row["srv_admin_state"])
         op_state = int(row["srv_op_state"])
+        has_check = bool(int(row.get("srv_check_state", 0)) & CHECK_CONFIGURED)
+        check_passed = int(row.get("srv_check_result", 0)) in (CHECK_PASSED, CHECK_CONDPASS)
         result.setdefault(row["be_name"], {})[row["srv_name"]] = {
             "address": row["srv_addr"],
             "port": int(row.get("srv_port", 0) or 0),
             "weight": int(row["srv_uweight"]),
             "initial_weight": int(row["srv_iweight"]),
             "op_state": OP_STATES.get(op_state, str(op_state)),
-            "up": op_state == 2 and not admin & ADMIN_MAINT_MASK,
+            "up": op_state == 2 and not admin & ADMIN_MAINT_MASK and (check_passed or not has_check),
             "maintenance": bool(admin & ADMIN_MAINT_MASK),
             "draining": bool(admin & ADMIN_DRAIN_MASK),
         }

@@ -60,7 +60,7 @@ EXAMPLES = r"""
       - {type: readiness, timeout: 120}
       - type: transcription
         audio: /var/lib/xlerobot/golden/kitchen.wav
-        expected_text: Please turn on the kitchen lights
+        expected_text: Turn off the radio in the living room
         max_wer: 0.2
 """
 

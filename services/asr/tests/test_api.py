@@ -1,0 +1,164 @@
+"""The ASR service over HTTP with the real Whisper model: transcripts, formats, bad input, probes, metrics."""
+
+from __future__ import annotations
+
+import io
+import math
+import signal
+import struct
+import threading
+import time
+import wave
+from pathlib import Path
+
+import pytest
+import requests
+from xl_gates import word_error_rate
+
+TRANSCRIBE = "/v1/audio/transcriptions"
+
+
+def _post(server, files=None, data=None, **kwargs):
+    return requests.post(f"{server.url}{TRANSCRIBE}", files=files, data=data, timeout=120, **kwargs)
+
+
+def _tone_wav(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        frames = b"".join(struct.pack("<h", int(3000 * math.sin(2 * math.pi * 440 * i / 16000)))
+                          for i in range(int(16000 * seconds)))
+        out.writeframes(frames)
+    return buffer.getvalue()
+
+
+def test_golden_clips_are_transcribed(asr_server, golden_clips: dict[str, Path]) -> None:
+    for text, clip in golden_clips.items():
+        response = _post(asr_server, files={"file": ("clip.wav", clip.read_bytes(), "audio/wav")})
+        assert response.status_code == 200, response.text
+        transcript = response.json()["text"]
+        assert word_error_rate(text, transcript) <= 0.2, f"{text!r} -> {transcript!r}"
+
+
+def test_response_formats(asr_server, golden_clips: dict[str, Path]) -> None:
+    text, clip = next(iter(golden_clips.items()))
+    plain = _post(asr_server, files={"file": clip.open("rb")}, data={"response_format": "text"})
+    assert plain.status_code == 200
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert word_error_rate(text, plain.text) <= 0.2
+    verbose = _post(asr_server, files={"file": clip.open("rb")},
+                    data={"response_format": "verbose_json", "language": "en", "vad_filter": "true"}).json()
+    assert verbose["language"] == "en"
+    assert verbose["duration"] > 1.0
+    assert verbose["segments"] and verbose["segments"][0]["end"] > verbose["segments"][0]["start"]
+    assert word_error_rate(text, verbose["text"]) <= 0.2
+
+
+@pytest.mark.parametrize("case, request_kwargs, status, param, words", [
+    ("empty file", {"files": {"file": ("a.wav", b"", "audio/wav")}}, 400, "file", "empty"),
+    ("not audio", {"files": {"file": ("a.wav", b"hello, I am a text file" * 50, "audio/wav")}}, 400, "file",
+     "not decodable audio"),
+    ("wrong field", {"files": {"audio": ("a.wav", b"RIFF", "audio/wav")}}, 400, "file", "missing multipart"),
+    ("not multipart", {"json": {"file": "x"}}, 400, "file", "multipart/form-data"),
+    ("oversized upload", {"files": {"file": ("a.wav", b"\0" * 500_000, "audio/wav")}}, 413, "file", "exceeds"),
+    ("too long audio", {"files": {"file": ("a.wav", _tone_wav(10), "audio/wav")}}, 413, "file", "limit is 8 s"),
+    ("bad response_format", {"files": {"file": ("a.wav", b"RIFF", "audio/wav")}, "data": {"response_format": "srtx"}},
+     400, "response_format", "must be one of"),
+    ("bad language", {"files": {"file": ("a.wav", b"RIFF", "audio/wav")}, "data": {"language": "English!"}},
+     400, "language", "ISO-639-1"),
+    ("bad vad_filter", {"files": {"file": ("a.wav", b"RIFF", "audio/wav")}, "data": {"vad_filter": "maybe"}},
+     400, "vad_filter", "true or false"),
+])
+def test_bad_input_is_a_named_4xx_and_the_service_stays_ready(asr_server, golden_clips, case, request_kwargs,
+                                                                status, param, words) -> None:
+    response = _post(asr_server, **request_kwargs)
+    assert response.status_code == status, f"{case}: {response.text}"
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+    assert requests.get(f"{asr_server.url}/readyz", timeout=5).status_code == 200
+
+
+def test_service_still_transcribes_after_bad_input(asr_server, golden_clips) -> None:
+    _post(asr_server, files={"file": ("a.wav", b"garbage" * 100, "audio/wav")})
+    text, clip = next(iter(golden_clips.items()))
+    response = _post(asr_server, files={"file": clip.open("rb")})
+    assert response.status_code == 200
+    assert word_error_rate(text, response.json()["text"]) <= 0.2
+
+
+def test_probes_and_identity(asr_server) -> None:
+    assert requests.get(f"{asr_server.url}/healthz", timeout=5).json()["status"] == "alive"
+    ready = requests.get(f"{asr_server.url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["model"] == "whisper-base"
+    version = requests.get(f"{asr_server.url}/version", timeout=5)
+    assert version.json() == {"service": "asr", "version": "9.9.9-test", "colour": "green", "release": "r-test",
+                              "model": "whisper-base"}
+    assert version.headers["X-Served-By"] == "asr/9.9.9-test/green"
+
+
+def test_metrics_count_requests_by_status(asr_server, golden_clips) -> None:
+    _post(asr_server, files={"file": ("a.wav", b"", "audio/wav")})
+    text, clip = next(iter(golden_clips.items()))
+    _post(asr_server, files={"file": clip.open("rb")})
+    body = requests.get(f"{asr_server.url}/metrics", timeout=5).text
+    assert 'xl_http_requests_total{endpoint="/v1/audio/transcriptions",service="asr",status="200"}' in body
+    assert 'xl_http_requests_total{endpoint="/v1/audio/transcriptions",service="asr",status="400"}' in body
+    assert 'xl_http_request_duration_seconds_bucket{endpoint="/v1/audio/transcriptions"' in body
+    assert "xl_inference_seconds_count" in body
+    assert 'xl_ready{service="asr"} 1.0' in body
+    load = [line for line in body.splitlines() if line.startswith("xl_model_load_seconds{")]
+    assert load and float(load[0].split()[-1]) > 0
+    assert 'xl_build_info{colour="green",release="r-test",service="asr",version="9.9.9-test"} 1.0' in body
+
+
+def test_never_ready_fault_keeps_readiness_false(start_server) -> None:
+    server = start_server(XL_FAULT="never_ready")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.25)
+    time.sleep(8)  # well past the model load and warm-up
+    ready = requests.get(f"{server.url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert "never_ready" in ready.json()["reason"]
+
+
+def test_invalid_setting_stops_the_service_with_its_name(start_server) -> None:
+    server = start_server(ASR_BEAM_SIZE="wide")
+    assert server.process.wait(timeout=30) == 2
+    server.log.flush()
+    log = Path(server.log.name).read_text()
+    assert "ASR_BEAM_SIZE='wide' is not an integer" in log
+
+
+def test_sigterm_lets_the_request_in_flight_finish(start_server, golden_clips) -> None:
+    server = start_server()
+    server.wait_ready()
+    text, clip = next(iter(golden_clips.items()))
+    payload = clip.read_bytes()
+    results: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            results["response"] = _post(server, files={"file": ("clip.wav", payload, "audio/wav")})
+        except requests.RequestException as exc:
+            results["error"] = exc
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.3)
+    server.process.terminate()
+    worker.join(timeout=60)
+    assert "error" not in results, results.get("error")
+    response = results["response"]
+    assert isinstance(response, requests.Response)
+    assert response.status_code == 200
+    assert word_error_rate(text, response.json()["text"]) <= 0.2
+    # uvicorn re-raises SIGTERM once the in-flight work is done, so the exit is "terminated", not killed.
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -1,0 +1,86 @@
+"""A bounded load generator: threads that post a clip to the gateway and record every outcome.
+
+Used by the end-to-end tests (zero failed requests across a deploy) and by the benchmarks. It only talks
+to the URL it is given, which the callers keep on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+
+@dataclass
+class Outcome:
+    started: float
+    seconds: float
+    status: int  # 0: no HTTP answer
+    served_by: str
+    error: str = ""
+
+
+@dataclass
+class LoadGenerator:
+    url: str
+    audio: Path
+    concurrency: int = 2
+    max_seconds: float = 600.0  # hard stop, so a forgotten generator never runs on
+    timeout: float = 120.0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._payload = self.audio.read_bytes()
+
+    def _worker(self) -> None:
+        session = requests.Session()
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                response = session.post(self.url, files={"file": ("clip.wav", self._payload, "audio/wav")},
+                                        timeout=self.timeout)
+                outcome = Outcome(started, time.monotonic() - started, response.status_code,
+                                  response.headers.get("X-Served-By", ""),
+                                  "" if response.ok else response.text[:200])
+            except requests.RequestException as exc:
+                outcome = Outcome(started, time.monotonic() - started, 0, "", f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def start(self) -> "LoadGenerator":
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._worker, name=f"load-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout + 5)
+        return self.outcomes
+
+    def __enter__(self) -> "LoadGenerator":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.status != 200]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]

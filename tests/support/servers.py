@@ -1,0 +1,113 @@
+"""Small real servers for unit tests: an HTTP stub instance and a throwaway HAProxy, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class FakeInstance:
+    """An HTTP server whose /healthz, /readyz and transcription answers the test controls."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.alive = True
+        self.transcript = "turn off the radio in the living room"
+        self.transcription_status = 200
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    self._send(200 if owner.alive else 500, {"status": "alive"})
+                elif self.path == "/readyz":
+                    self._send(200 if owner.ready else 503, {"status": "ready" if owner.ready else "loading"})
+                else:
+                    self._send(404, {"error": "no such path"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(length)
+                self._send(owner.transcription_status, {"text": owner.transcript})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeInstance":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Haproxy:
+    """A real HAProxy with one backend `be_test` and the given servers (name -> (port, weight))."""
+
+    def __init__(self, workdir: Path, servers: dict[str, tuple[int, int]]):
+        self.workdir = workdir
+        self.socket = str(workdir / "admin.sock")
+        self.frontend_port = free_port()
+        self.config = workdir / "haproxy.cfg"
+        lines = [
+            "global",
+            f"    stats socket {self.socket} mode 600 level admin",
+            "defaults",
+            "    mode http",
+            "    timeout connect 1s",
+            "    timeout client 10s",
+            "    timeout server 10s",
+            "    default-server inter 200ms fall 1 rise 1",
+            "frontend fe",
+            f"    bind 127.0.0.1:{self.frontend_port}",
+            "    default_backend be_test",
+            "backend be_test",
+            "    balance leastconn",
+            "    option httpchk GET /readyz",
+            "    http-check expect status 200",
+        ]
+        lines += [f"    server {name} 127.0.0.1:{port} weight {weight} check" for name, (port, weight)
+                  in servers.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Haproxy":
+        self.process = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not Path(self.socket).exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("HAProxy did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process:
+            self.process.terminate()
+            self.process.wait(timeout=10)

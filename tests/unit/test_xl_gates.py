@@ -1,0 +1,106 @@
+"""xl_gates: word error rate, gate validation, and gate runs against a real HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xl_gates as gates
+
+from tests.support.servers import FakeInstance, free_port
+
+
+@pytest.mark.parametrize("reference, hypothesis, expected", [
+    ("Turn off the radio", "turn off the radio.", 0.0),
+    ("turn off the radio", "turn of the radio", 0.25),
+    ("turn off the radio", "turn off radio", 0.25),
+    ("turn off the radio", "please turn off the radio now", 0.5),
+    ("", "", 0.0),
+    ("", "noise", 1.0),
+    ("one two", "", 1.0),
+])
+def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> None:
+    assert gates.word_error_rate(reference, hypothesis) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ([{"type": "smoke"}], r"gates\[0\].type must be one of"),
+    ([{"type": "liveness"}, {"type": "transcription", "text": "hi"}], r"gates\[1\] \(transcription\) needs 'audio'"),
+    ([{"type": "transcription", "audio": "/x.wav"}], "needs 'expected_text'"),
+    ([{"type": "transcription", "audio": "/x.wav", "text": "hi", "max_wer": 2}], "max_wer must be a number 0..1"),
+])
+def test_bad_gate_specs_are_named(spec: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(gates.GateSpecError, match=message):
+        gates.validate_gates(spec)
+
+
+def _clip(tmp_path: Path) -> str:
+    path = tmp_path / "clip.wav"
+    path.write_bytes(b"RIFF....WAVEfmt ")
+    return str(path)
+
+
+def test_all_gates_pass_against_a_healthy_instance(tmp_path: Path) -> None:
+    with FakeInstance() as instance:
+        results = gates.run_gates(instance.url, [
+            {"type": "liveness", "timeout": 5},
+            {"type": "readiness", "timeout": 5},
+            {"name": "synthetic", "type": "transcription", "audio": _clip(tmp_path),
+             "text": "Turn off the radio in the living room", "max_wer": 0.2},
+        ])
+    assert [r["name"] for r in results] == ["liveness", "readiness", "synthetic"]
+    assert all(r["passed"] for r in results)
+    assert results[2]["measured"] == 0.0 and results[2]["threshold"] == 0.2
+    assert gates.failure_message("asr", {}, results) is None
+
+
+def test_readiness_that_never_turns_true_fails_and_stops_the_sequence(tmp_path: Path) -> None:
+    with FakeInstance() as instance:
+        instance.ready = False
+        results = gates.run_gates(instance.url, [
+            {"type": "liveness", "timeout": 5},
+            {"type": "readiness", "timeout": 1, "interval": 0.2},
+            {"type": "transcription", "audio": _clip(tmp_path), "text": "never sent"},
+        ])
+    assert [r["passed"] for r in results] == [True, False]
+    assert "503" in results[1]["why"]
+    message = gates.failure_message("asr", {"colour": "green", "version": "1.1.0"}, results)
+    assert message is not None
+    assert message.startswith("gate 'readiness' failed for service asr (colour green, version 1.1.0)")
+
+
+def test_wrong_transcript_fails_with_measured_wer(tmp_path: Path) -> None:
+    with FakeInstance() as instance:
+        instance.transcript = "moor gnivil eht ni oidar eht ffo nrut"
+        results = gates.run_gates(instance.url, [
+            {"type": "transcription", "audio": _clip(tmp_path), "text": "Turn off the radio in the living room"},
+        ])
+    assert results[0]["passed"] is False
+    assert results[0]["measured"] == 1.0
+    assert "word error rate 1.00 > 0.20" in results[0]["why"]
+
+
+def test_transcription_error_status_is_reported(tmp_path: Path) -> None:
+    with FakeInstance() as instance:
+        instance.transcription_status = 500
+        results = gates.run_gates(instance.url, [
+            {"type": "transcription", "audio": _clip(tmp_path), "text": "anything"},
+        ])
+    assert results[0]["passed"] is False
+    assert "failed with 500" in results[0]["why"]
+
+
+def test_nothing_listening_is_no_answer() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    results = gates.run_gates(url, [{"type": "liveness", "timeout": 0.5, "interval": 0.1}])
+    assert results[0]["passed"] is False
+    assert "no answer" in results[0]["why"]
+
+
+def test_multipart_body_carries_fields_and_file() -> None:
+    body, content_type = gates.multipart_body({"response_format": "json"}, "file", "a.wav", b"\x00\x01")
+    boundary = content_type.split("boundary=")[1]
+    assert body.startswith(f"--{boundary}\r\n".encode())
+    assert b'name="response_format"\r\n\r\njson' in body
+    assert b'name="file"; filename="a.wav"' in body and b"\x00\x01" in body
+    assert body.endswith(f"--{boundary}--\r\n".encode())
