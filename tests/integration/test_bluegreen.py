@@ -1,0 +1,132 @@
+"""Blue-green end to end: real engine, registry, HAProxy and ASR model, with load running through deploys.
+
+The scenario runs in order, each step starting from the state the previous one left:
+deploy A -> A to B under load -> B again (no change) -> rollback to A under load -> faulty versions under load
+-> bad requests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    GARBLED,
+    GOOD,
+    NEVER_READY,
+    NEXT,
+    RUN_DIR,
+    TRANSCRIBE,
+    docker_names,
+    playbook,
+    served_by,
+)
+from tests.support.loadgen import LoadGenerator
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
+
+GATE_TEXT = "Turn off the radio in the living room"
+
+
+def _deploy(version: str, *extra: str):
+    return playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={version}", *extra)
+
+
+def _history() -> list[dict]:
+    path = RUN_DIR / "state" / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _under_load(clip: Path, action):
+    """Run `action` while two clients send transcriptions through the gateway; return (result, load, t_end)."""
+    load = LoadGenerator(TRANSCRIBE, clip, concurrency=2).start()
+    time.sleep(3)
+    result = action()
+    finished = time.monotonic()
+    time.sleep(4)
+    load.stop()
+    return result, load, finished
+
+
+def test_first_deploy_goes_live_on_blue(golden_clips: dict[str, Path]) -> None:
+    run = _deploy(GOOD)
+    assert run.returncode == 0, run.output[-4000:]
+    assert set(served_by(3)) == {f"asr/{GOOD}/blue"}
+    assert "xlt-asr-blue" in docker_names()
+
+
+def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[str, Path]) -> None:
+    run, load, finished = _under_load(golden_clips[GATE_TEXT], lambda: _deploy(NEXT))
+    assert run.returncode == 0, run.output[-4000:]
+    assert load.outcomes, "the load generator sent nothing"
+    assert load.failures == [], load.failures[:5]
+    served = {o.served_by for o in load.outcomes}
+    assert f"asr/{GOOD}/blue" in served and f"asr/{NEXT}/green" in served
+    after = [o.served_by for o in load.outcomes if o.started > finished]
+    assert after and set(after) == {f"asr/{NEXT}/green"}
+    assert set(served_by(3)) == {f"asr/{NEXT}/green"}
+    assert {"xlt-asr-blue", "xlt-asr-green"} <= docker_names(), "the old colour must stay warm for rollback"
+    event = _history()[-1]
+    assert event["result"] == "success" and event["from"]["version"] == GOOD and event["to"]["version"] == NEXT
+    assert [g["name"] for g in event["gates"]] == ["liveness", "readiness", "synthetic-transcription"]
+
+
+def test_deploying_the_live_version_again_changes_nothing() -> None:
+    run = _deploy(NEXT)
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.changed == 0, run.output[-3000:]
+    assert "is already live on green" in run.output
+
+
+def test_rollback_under_load_returns_to_the_previous_version(golden_clips: dict[str, Path]) -> None:
+    run, load, finished = _under_load(golden_clips[GATE_TEXT], lambda: playbook("rollback.yml"))
+    assert run.returncode == 0, run.output[-4000:]
+    assert load.failures == [], load.failures[:5]
+    after = [o.served_by for o in load.outcomes if o.started > finished]
+    assert after and set(after) == {f"asr/{GOOD}/blue"}
+    event = _history()[-1]
+    assert event["action"] == "rollback" and event["result"] == "success"
+    assert event["reused_warm_instance"] is True
+
+
+@pytest.mark.parametrize("version, gate, why", [
+    (NEVER_READY, "readiness", "did not answer 200"),
+    (GARBLED, "synthetic-transcription", "word error rate"),
+])
+def test_a_failing_gate_aborts_and_traffic_never_moves(golden_clips: dict[str, Path], version: str, gate: str,
+                                                      why: str) -> None:
+    run, load, _ = _under_load(golden_clips[GATE_TEXT], lambda: _deploy(version))
+    assert run.returncode != 0
+    assert f"gate '{gate}' failed for service asr" in run.output
+    assert why in run.output
+    assert f"Traffic stays on blue ({GOOD})" in run.output
+    assert load.failures == [], load.failures[:5]
+    assert {o.served_by for o in load.outcomes} == {f"asr/{GOOD}/blue"}
+    assert "xlt-asr-green" not in docker_names(), "the broken instance must be removed"
+    event = _history()[-1]
+    assert event["result"] == "aborted" and event["step"] == "gates" and event["version"] == version
+
+
+def test_a_missing_image_stops_before_anything_changes() -> None:
+    before = (RUN_DIR / "state" / "state.json").read_text()
+    run = _deploy("0.0.404")
+    assert run.returncode != 0
+    assert "xlerobot/asr:0.0.404" in run.output and "is not in the registry" in run.output
+    assert (RUN_DIR / "state" / "state.json").read_text() == before
+    assert set(served_by(2)) == {f"asr/{GOOD}/blue"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-e", "strategy=banana", "-e", "version=1.0.0"], "strategy \"banana\" is not available"),
+    (["-e", "strategy=bluegreen"], "no version given"),
+    (["-e", "strategy=bluegreen", "-e", "version=latest"], "is not a pinned image tag"),
+    (["-e", "strategy=bluegreen", "-e", "version=1.0.0", "-e", "services=asr,nope"], "unknown service(s) ['nope']"),
+])
+def test_bad_requests_are_refused_with_a_clear_message(extra: list[str], message: str) -> None:
+    run = playbook("deploy.yml", *extra)
+    assert run.returncode != 0
+    assert message in run.output, run.output[-3000:]
+    assert set(served_by(1)) == {f"asr/{GOOD}/blue"}
