@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One naming scheme everywhere: containers, HAProxy backends and servers, release ids."""
@@ -6,7 +5,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ansible.errors import AnsibleFilterError
 
@@ -67,7 +66,7 @@ def xl_other_colour(colour: str | None, colours: list[str] | None = None) -> str
 
 def xl_release_id(version: str, now: str | None = None) -> str:
     """Release id pinned once per run: <UTC timestamp>-<version>."""
-    moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
+    moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
     return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{version}"
 
 

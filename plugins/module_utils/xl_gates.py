@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Deploy gates: ordered checks a new instance must pass before it may take traffic.
@@ -16,7 +15,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GATE_TYPES = ("liveness", "readiness", "transcription")
 

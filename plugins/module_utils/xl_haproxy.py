@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """HAProxy runtime API: read server state and move traffic without a reload.
@@ -60,7 +59,7 @@ def parse_servers_state(text: str) -> dict[str, dict[str, dict[str, Any]]]:
         fields = line.split()
         if not header or len(fields) < 8:
             continue  # the leading format-version line, or noise
-        row = dict(zip(header, fields))
+        row = dict(zip(header, fields, strict=False))  # HAProxy may append columns in later versions
         admin = int(row["srv_admin_state"])
         op_state = int(row["srv_op_state"])
         has_check = bool(int(row.get("srv_check_state", 0)) & CHECK_CONFIGURED)

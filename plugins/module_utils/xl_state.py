@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Deploy state and history on the gateway host.
@@ -16,6 +15,8 @@ from typing import Any
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.jsonl"
+# What a live record may hold: identity of the release, never configuration or secrets.
+LIVE_KEYS = ("colour", "version", "image", "digest", "release", "at", "retire_previous_after")
 
 
 class StateError(Exception):
@@ -54,7 +55,7 @@ def next_state(state: dict[str, Any], service: str, live: dict[str, Any]) -> dic
     """State after `live` becomes the service's live release; the replaced one becomes `previous`."""
     services = dict(state.get("services", {}))
     current = services.get(service, {})
-    entry = {key: live[key] for key in ("colour", "version", "image", "digest", "release", "at", "retire_previous_after") if key in live}
+    entry = {key: live[key] for key in LIVE_KEYS if key in live}
     if current.get("live") and current["live"].get("colour") != entry.get("colour"):
         previous = current["live"]
     else:

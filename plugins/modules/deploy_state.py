@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -70,7 +69,6 @@ history:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.xl_state import (
     StateError,
     append_history,

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -106,7 +105,6 @@ in_flight_left:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.xl_haproxy import (
     HaproxyError,
     apply_weights,

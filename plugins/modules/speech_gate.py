@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: XleRobot deploy authors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -78,7 +77,6 @@ passed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible.module_utils.xl_gates import GateSpecError, failure_message, run_gates, validate_gates
 
 

@@ -17,7 +17,7 @@ def golden_texts() -> list[str]:
 def speak(text: str, directory: Path, speed: int = 150) -> Path:
     """WAV file of `text` spoken by espeak-ng (cached by content in `directory`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{hashlib.sha1(text.encode()).hexdigest()}.wav"
+    path = directory / f"{hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()}.wav"
     if not path.exists():
         subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(path), text], check=True)
     return path

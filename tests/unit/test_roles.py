@@ -22,7 +22,8 @@ def test_defaults_and_argument_specs_agree(role: Path) -> None:
     for name, option in options.items():
         assert option.get("description"), f"{role.name}: option {name} has no description"
         if "default" in option and not option.get("required"):
-            assert option["default"] == defaults[name] or isinstance(defaults[name], str) and "{{" in defaults[name], (
+            templated = isinstance(defaults[name], str) and "{{" in defaults[name]
+            assert option["default"] == defaults[name] or templated, (
                 f"{role.name}: {name} defaults to {defaults[name]!r} but argument_specs says {option['default']!r}")
 
 
@@ -39,5 +40,5 @@ def test_every_default_has_a_comment(role: Path) -> None:
 @pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
 def test_variables_carry_the_role_prefix(role: Path) -> None:
     defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
-    prefix = {"xlerobot_config": "xlerobot_"}.get(role.name, role.name + "_")
+    prefix = role.name + "_"
     assert all(name.startswith(prefix) for name in defaults), sorted(n for n in defaults if not n.startswith(prefix))

@@ -11,7 +11,10 @@ import xl_haproxy as hx
 from tests.support.servers import FakeInstance, Haproxy, free_port
 
 STATE_SAMPLE = """1
-# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight \
+srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state \
+bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr \
+srv_agent_addr srv_agent_port
 3 be_asr 1 asr_blue 127.0.0.1 2 0 100 100 12 6 3 4 6 0 0 0 - 18001 - 0 0 - - 0
 3 be_asr 2 asr_green 127.0.0.1 0 1 0 0 12 8 2 0 6 0 0 0 - 18002 - 0 0 - - 0
 """
@@ -101,9 +104,9 @@ def test_switch_to_a_server_that_is_down_changes_nothing(tmp_path: Path) -> None
 
 
 def test_unknown_backend_is_named(tmp_path: Path) -> None:
-    with FakeInstance() as blue, Haproxy(tmp_path, {"s_blue": (blue.port, 100)}) as proxy:
-        with pytest.raises(hx.HaproxyError, match="be_nope"):
-            hx.backend_state(proxy.socket, "be_nope")
+    with FakeInstance() as blue, Haproxy(tmp_path, {"s_blue": (blue.port, 100)}) as proxy, \
+            pytest.raises(hx.HaproxyError, match="be_nope"):
+        hx.backend_state(proxy.socket, "be_nope")
 
 
 def test_drain_wait_returns_when_nothing_is_in_flight(tmp_path: Path) -> None:

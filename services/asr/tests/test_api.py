@@ -101,7 +101,7 @@ def test_probes_and_identity(asr_server) -> None:
 
 def test_metrics_count_requests_by_status(asr_server, golden_clips) -> None:
     _post(asr_server, files={"file": ("a.wav", b"", "audio/wav")})
-    text, clip = next(iter(golden_clips.items()))
+    clip = next(iter(golden_clips.values()))
     _post(asr_server, files={"file": clip.open("rb")})
     body = requests.get(f"{asr_server.url}/metrics", timeout=5).text
     assert 'xl_http_requests_total{endpoint="/v1/audio/transcriptions",service="asr",status="200"}' in body

@@ -51,7 +51,8 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
-        self.in_flight = Gauge("xl_http_in_flight_requests", "Requests being served.", ["service"], registry=self.registry)
+        self.in_flight = Gauge("xl_http_in_flight_requests", "Requests being served.", ["service"],
+                               registry=self.registry)
         self.model_load = Gauge("xl_model_load_seconds", "Seconds the model took to load and warm up.", ["service"],
                                 registry=self.registry)
         self.ready = Gauge("xl_ready", "1 once the model is loaded and warmed up.", ["service"], registry=self.registry)
@@ -108,7 +109,8 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
     async def readyz() -> JSONResponse:
         if engine.ready:
             return JSONResponse({"status": "ready", "model": settings.model_name})
-        reason = engine.load_error or ("fault injected: never_ready" if settings.faults.never_ready else "model loading")
+        reason = engine.load_error or (
+            "fault injected: never_ready" if settings.faults.never_ready else "model loading")
         return JSONResponse(status_code=503, content={"status": "not ready", "reason": reason})
 
     @app.get("/version")
@@ -135,12 +137,12 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
             return api_error(400, "expected a multipart/form-data body with a 'file' field", param="file")
         try:
             form = await request.form(max_files=1, max_fields=16)
-        except Exception as exc:  # malformed multipart bodies surface as several parser exceptions
+        except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several unrelated exceptions
             return api_error(400, f"malformed multipart body: {exc}", param="file")
 
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            unexpected = sorted(key for key in form.keys() if key not in ("model", "language", "response_format",
+            unexpected = sorted(key for key in form if key not in ("model", "language", "response_format",
                                                                             "vad_filter", "prompt", "temperature"))
             hint = f" (got fields: {', '.join(unexpected)})" if unexpected else ""
             return api_error(400, f"missing multipart file field 'file'{hint}", param="file")
@@ -152,11 +154,12 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
 
         response_format = str(form.get("response_format") or "json")
         if response_format not in RESPONSE_FORMATS:
-            return api_error(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}",
-                             param="response_format")
+            return api_error(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                                  f"got {response_format!r}", param="response_format")
         language = form.get("language")
         if language is not None and (not isinstance(language, str) or not LANGUAGE_PATTERN.match(language)):
-            return api_error(400, f"language must be an ISO-639-1 code such as 'en', got {language!r}", param="language")
+            return api_error(400, f"language must be an ISO-639-1 code such as 'en', got {language!r}",
+                             param="language")
         vad_raw = str(form.get("vad_filter") or "false").lower()
         if vad_raw not in ("true", "false", "1", "0"):
             return api_error(400, f"vad_filter must be true or false, got {vad_raw!r}", param="vad_filter")
@@ -173,7 +176,7 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
         faults = settings.faults
         if faults.crash_after_s and "crash" not in crash_timer:
             crash_timer["crash"] = asyncio.get_running_loop().call_later(faults.crash_after_s, os._exit, 3)
-        if faults.error_rate and random.random() < faults.error_rate:
+        if faults.error_rate and random.random() < faults.error_rate:  # noqa: S311 - fault injection, not crypto
             return api_error(500, "fault injected: error_rate", kind="server_error")
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
