@@ -130,3 +130,16 @@ def test_bad_requests_are_refused_with_a_clear_message(extra: list[str], message
     assert run.returncode != 0
     assert message in run.output, run.output[-3000:]
     assert set(served_by(1)) == {f"asr/{GOOD}/blue"}
+
+
+def test_check_mode_prints_the_plan_and_changes_nothing() -> None:
+    state_before = (RUN_DIR / "state" / "state.json").read_text()
+    history_before = (RUN_DIR / "state" / "history.jsonl").read_text()
+    containers_before = docker_names()
+    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={NEXT}", "--check", "--diff")
+    assert run.returncode == 0, run.output[-4000:]
+    assert "+    asr_green: 100" in run.output and "-    asr_blue: 100" in run.output, run.output[-4000:]
+    assert (RUN_DIR / "state" / "state.json").read_text() == state_before
+    assert (RUN_DIR / "state" / "history.jsonl").read_text() == history_before
+    assert docker_names() == containers_before
+    assert set(served_by(2)) == {f"asr/{GOOD}/blue"}
