@@ -8,7 +8,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: up venv bootstrap build deploy test lint unit integration bench teardown clean
+.PHONY: up venv bootstrap build deploy test lint molecule bench teardown
+MOLECULE_SCENARIOS := daemon gateway registry
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
 up: bootstrap build deploy
@@ -26,13 +27,18 @@ deploy:
 	ansible-playbook playbooks/deploy.yml -e strategy=bluegreen -e version=$(VERSION)
 
 ## Second command: the whole test suite (lint, unit, service, end-to-end), set-up included.
-test: bootstrap lint
+test: bootstrap lint molecule
 	pytest
+
+## Role tests on production-like test hosts (systemd as PID 1), built locally.
+molecule: bootstrap
+	ansible-playbook playbooks/test_hosts.yml
+	for scenario in $(MOLECULE_SCENARIOS); do PY_COLORS=0 molecule test -s $$scenario; done
 
 lint: venv
 	yamllint -s .
 	ansible-lint
-	ruff check plugins services tests bench
+	ruff check plugins services tests bench molecule conftest.py
 	mypy
 
 teardown: venv
