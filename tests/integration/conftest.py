@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -73,10 +77,41 @@ def images() -> dict[str, str]:
     return builds
 
 
+class Webhook:
+    """Collects what Alertmanager posts, on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="session")
-def test_env(images: dict[str, str]) -> Iterator[None]:
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def test_env(images: dict[str, str], webhook: Webhook) -> Iterator[None]:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     run = playbook("gateway.yml")
+    assert run.returncode == 0, run.output[-4000:]
+    run = playbook("monitoring.yml", "-e", f"monitoring_webhook_url={webhook.url}")
     assert run.returncode == 0, run.output[-4000:]
     try:
         yield
