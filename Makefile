@@ -9,7 +9,7 @@ export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
 export ANSIBLE_FORCE_COLOR ?= 0
 
 .PHONY: up venv bootstrap build deploy test lint molecule bench teardown
-MOLECULE_SCENARIOS := daemon gateway registry
+MOLECULE_SCENARIOS := daemon gateway registry monitoring
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
 up: bootstrap build deploy
