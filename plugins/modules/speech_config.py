@@ -1,0 +1,259 @@
+#!/usr/bin/python
+# Copyright: XleRobot deploy authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: speech_config
+short_description: Merge the layered deploy configuration, validate it and record the version applied
+description:
+  - Reads the configuration layers under O(config_dir), lowest first, later layers winning
+    (C(base/*.yml), C(environments/<environment>/*.yml), C(services/<service>/*.yml) nested under
+    C(services.<service>), C(runtime/*.yml), C(secrets/*.yml)), then O(extra_layers) in the order given.
+  - "Mappings merge key by key; scalars and lists replace; a key ending in C(+) appends to the earlier list;
+    a value of C(null) deletes the key. A top-level C(xlerobot_services) key is read as C(services)."
+  - Validates the merged configuration against the JSON Schema O(schema) (Draft 2020-12) and checks the
+    policies the schema cannot express (TLS and authentication on the gateway and two replicas per service in
+    production; no plaintext secret and no C(latest) image tag anywhere). Every violation is reported at once,
+    each with the file that set the value, and the task fails.
+  - Returns the merged configuration, where each value came from, and a content version (a hash of the
+    merged configuration).
+  - With O(state_file), compares the version with the one recorded there; when they differ the task is
+    changed, and (outside check mode) the record is replaced atomically (mode 0600) and a line is appended to
+    C(<state_file>.history.jsonl).
+options:
+  config_dir:
+    description: Directory holding the layer directories (C(base), C(environments), ...), usually C(config).
+    type: path
+    required: true
+  environment:
+    description:
+      - Environment whose layer is read; also selects the production policies.
+      - Must be one of the names the schema's C(environment) enum lists.
+    type: str
+    required: true
+  schema:
+    description: JSON Schema of the merged configuration. Defaults to C(<config_dir>/schema.json).
+    type: path
+  service:
+    description: Also return this service's effective configuration (C(defaults) merged with the service).
+    type: str
+  extra_layers:
+    description:
+      - In-memory layers merged after all files, in this order, for inventory or extra-vars overrides.
+      - Their values appear in RV(origins) as C(<name>:extra_layers[<index>]).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Name of the layer, shown in RV(origins) and in violations.
+        type: str
+        required: true
+      data:
+        description: The layer's content, shaped like a layer file.
+        type: dict
+        required: true
+  state_file:
+    description:
+      - JSON record of the configuration applied last (version, environment, configuration).
+      - When given, the task is changed exactly when the merged configuration differs from the recorded one.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether the record would change, and the diff, without writing.
+  diff_mode:
+    support: full
+    details: The recorded configuration against the merged one (needs O(state_file)).
+  idempotent:
+    support: full
+notes:
+  - "Runs on the controller: use C(delegate_to: localhost) (and C(run_once: true)) with the controller's
+    Python, which must have PyYAML and jsonschema (the project venv has both)."
+  - Dotted paths in RV(origins) and violations name keys; a key that contains a dot is ambiguous there.
+requirements:
+  - PyYAML
+  - jsonschema >= 4.18
+author:
+  - XleRobot deploy authors
+"""
+
+EXAMPLES = r"""
+- name: Merge and validate the configuration of this environment
+  speech_config:
+    config_dir: "{{ playbook_dir | dirname }}/config"
+    environment: "{{ xlerobot_environment }}"
+    service: asr
+    extra_layers:
+      - name: inventory
+        data:
+          services: "{{ xlerobot_services_overrides }}"
+    state_file: "{{ playbook_dir | dirname }}/.run/{{ xlerobot_environment }}/config.json"
+  delegate_to: localhost
+  run_once: true
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  register: xl_config
+
+- name: Use the merged catalogue
+  ansible.builtin.set_fact:
+    xlerobot_services: "{{ xl_config.merged.services }}"
+"""
+
+RETURN = r"""
+merged:
+  description: The merged configuration.
+  returned: success
+  type: dict
+origins:
+  description: "Every leaf path of RV(merged) (dotted; lists are leaves) and the C(<layer>:<file>) that set it last."
+  returned: success
+  type: dict
+  sample: {"services.asr.memory": "base:base/services.yml",
+           "services.asr.env.ASR_MAX_CONCURRENCY": "environment:environments/local/services.yml"}
+layers:
+  description: The layers read, lowest first, as C(<layer>:<file>).
+  returned: success
+  type: list
+  elements: str
+version:
+  description: Content version of RV(merged), C(cfg-) and 12 hex digits of its SHA-256.
+  returned: success
+  type: str
+  sample: cfg-0b88d013f87a
+recorded_version:
+  description: The version O(state_file) held before the task (null when there was none).
+  returned: when O(state_file) is given
+  type: str
+violations:
+  description: Schema and policy violations, sorted by path; the task fails when there is any.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: Dotted path of the key, with list indexes as C([n]).
+      type: str
+    rule:
+      description: The JSON Schema keyword (C(type), C(required), ...) or the policy name.
+      type: str
+    message:
+      description: What is wrong.
+      type: str
+    value:
+      description: The offending value (repr, shortened; masked under secret keys).
+      type: str
+    origin:
+      description: The C(<layer>:<file>) that set the value.
+      type: str
+rendered:
+  description: Effective configuration of O(service) (C(defaults) merged with the service).
+  returned: when O(service) is given
+  type: dict
+changes:
+  description: Leaves that differ from the recorded configuration (C(path), C(change), C(before), C(after), C(origin)).
+  returned: when O(state_file) is given
+  type: list
+  elements: dict
+diff:
+  description: The recorded configuration (C(before)) and the merged one (C(after)).
+  returned: when O(state_file) is given
+  type: dict
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.xl_config import (
+        ConfigError,
+        check_environment,
+        check_policies,
+        content_version,
+        diff,
+        format_violations,
+        load_layers,
+        load_schema,
+        make_layer,
+        merge,
+        read_applied,
+        record_applied,
+        render_service,
+        utc_now,
+        validate,
+    )
+except ImportError:  # PyYAML or jsonschema missing on the interpreter that runs the module
+    IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            config_dir=dict(type="path", required=True),
+            environment=dict(type="str", required=True),
+            schema=dict(type="path"),
+            service=dict(type="str"),
+            extra_layers=dict(type="list", elements="dict", default=[], options=dict(
+                name=dict(type="str", required=True),
+                data=dict(type="dict", required=True),
+            )),
+            state_file=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("PyYAML and jsonschema (run the module with the controller's "
+                                                  "Python: delegate_to: localhost)"), exception=IMPORT_ERROR)
+    params = module.params
+    environment = params["environment"]
+    schema_path = params["schema"] or f"{params['config_dir'].rstrip('/')}/schema.json"
+    try:
+        schema = load_schema(schema_path)
+        check_environment(environment, schema)
+        layers = load_layers(params["config_dir"], environment)
+        layers += [make_layer(extra["name"], f"extra_layers[{index}]", extra["data"])
+                   for index, extra in enumerate(params["extra_layers"])]
+        merged, origins = merge(layers)
+        violations = sorted(validate(merged, schema, origins) + check_policies(merged, environment, origins),
+                            key=lambda v: (v.path, v.rule, v.message))
+        if violations:
+            module.fail_json(
+                msg=f"configuration for environment {environment} has {len(violations)} violation(s):\n"
+                    + format_violations(violations),
+                violations=[vars(v) for v in violations])
+        result = dict(changed=False, merged=merged, origins=origins, version=content_version(merged),
+                      layers=[layer.origin for layer in layers], violations=[])
+        if params["service"]:
+            result["rendered"] = render_service(merged, params["service"])
+        if params["state_file"]:
+            recorded = read_applied(params["state_file"])
+            before = recorded["config"] if recorded else {}
+            result["recorded_version"] = recorded.get("version") if recorded else None
+            result["changes"] = diff(before, merged, origins)
+            result["changed"] = result["recorded_version"] != result["version"]
+            result["diff"] = {"before": before, "after": merged, "before_header": params["state_file"],
+                              "after_header": f"{environment} {result['version']}"}
+            if result["changed"] and not module.check_mode:
+                at = utc_now()
+                record_applied(
+                    params["state_file"],
+                    {"version": result["version"], "environment": environment, "at": at, "config": merged,
+                     "origins": origins},
+                    {"at": at, "environment": environment, "version": result["version"],
+                     "previous_version": result["recorded_version"],
+                     "changed_paths": [change["path"] for change in result["changes"]]})
+    except ConfigError as exc:
+        module.fail_json(msg=str(exc), violations=[])
+    except OSError as exc:
+        module.fail_json(msg=f"configuration record {params['state_file']}: {exc}", violations=[])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
