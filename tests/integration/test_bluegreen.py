@@ -119,6 +119,19 @@ def test_a_missing_image_stops_before_anything_changes() -> None:
     assert set(served_by(2)) == {f"asr/{GOOD}/blue"}
 
 
+def test_an_invalid_configuration_stops_before_anything_changes() -> None:
+    before = (RUN_DIR / "state" / "state.json").read_text()
+    bad = {"xlerobot_services_overrides": {"asr": {"memory": "lots", "stop_timeout": 9000,
+                                                   "ports": {"blue": 18101, "green": 18102}}}}
+    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={NEXT}", "-e", json.dumps(bad))
+    assert run.returncode != 0
+    assert "has 2 violation(s)" in run.output, run.output[-3000:]
+    assert "services.asr.memory: must match" in run.output and "value 'lots'" in run.output
+    assert "services.asr.stop_timeout: must be <= 600" in run.output and "from overrides" in run.output
+    assert (RUN_DIR / "state" / "state.json").read_text() == before
+    assert set(served_by(2)) == {f"asr/{GOOD}/blue"}
+
+
 @pytest.mark.parametrize("extra, message", [
     (["-e", "strategy=banana", "-e", "version=1.0.0"], "strategy \"banana\" is not available"),
     (["-e", "strategy=bluegreen"], "no version given"),
