@@ -24,7 +24,7 @@ GATEWAY = "http://127.0.0.1:18080"
 TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
 GOOD, NEXT = "1.0.0", "1.1.0"
-NEVER_READY, GARBLED = "1.1.0-never-ready", "1.1.0-garbled"
+NEVER_READY, GARBLED, ERRORS = "1.1.0-never-ready", "1.1.0-garbled", "1.1.0-errors"
 
 
 @dataclass
@@ -70,7 +70,7 @@ def docker_names() -> set[str]:
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
     """Every version the scenarios deploy, built from the same service code (faults baked in as settings)."""
-    builds = {GOOD: "", NEXT: "", NEVER_READY: "never_ready", GARBLED: "garble"}
+    builds = {GOOD: "", NEXT: "", NEVER_READY: "never_ready", GARBLED: "garble", ERRORS: "error_rate=0.3"}
     for version, fault in builds.items():
         run = playbook("build.yml", "-e", f"version={version}", "-e", f"fault={fault}", test_env=False)
         assert run.returncode == 0, run.output[-4000:]
