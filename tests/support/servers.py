@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,84 @@ class Haproxy:
         if self.process:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+class FakePrometheus:
+    """An HTTP server answering /api/v1/query like Prometheus, with answers the test sets per PromQL query.
+
+    `answer(query, *values)`: each value is one instant answer, served in order (the last one repeats):
+    a number or a Prometheus sample string ("NaN", "+Inf") is one series, None is no series at all, and a list
+    of values is that many series. Queries with no answer set get an empty vector, as Prometheus gives for
+    series that do not exist. `queries` records every query received; `status` other than 200 makes every
+    answer an error with that HTTP status.
+    """
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[Any]] = {}
+        self.queries: list[str] = []
+        self.status = 200
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                if url.path != "/api/v1/query":
+                    self._send(404, {"status": "error", "errorType": "not_found", "error": "no such path"})
+                    return
+                query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
+                owner.queries.append(query)
+                if owner.status != 200:
+                    self._send(owner.status, {"status": "error", "errorType": "internal", "error": "fake failure"})
+                    return
+                self._send(200, {"status": "success", "data": {"resultType": "vector",
+                                                               "result": owner.series(query)}})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, query: str, *values: Any) -> None:
+        self.answers[query] = list(values)
+
+    def series(self, query: str) -> list[dict[str, Any]]:
+        queue = self.answers.get(query)
+        if not queue:
+            return []
+        value = queue.pop(0) if len(queue) > 1 else queue[0]
+        if value is None:
+            return []
+        values = value if isinstance(value, list) else [value]
+        return [{"metric": {"series": str(index)} if len(values) > 1 else {},
+                 "value": [time.time(), _sample_text(item)]} for index, item in enumerate(values)]
+
+    def __enter__(self) -> "FakePrometheus":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _sample_text(value: Any) -> str:
+    """A sample value as Prometheus writes it: a string, with NaN and infinities spelled its way."""
+    if isinstance(value, str):
+        return value
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return repr(number)
