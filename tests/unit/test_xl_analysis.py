@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,12 @@ from typing import Any
 import pytest
 import xl_analysis as analysis
 
+from tests.support import ansible_cli
 from tests.support.servers import FakePrometheus, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The project venv: the checkout's own, else the one running these tests (a worktree shares the main venv).
 VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(sys.executable).parent
-ANSIBLE = VENV_BIN / "ansible"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 ERROR_RATIO = ('sum(rate(xl_http_requests_total{service="$service",colour="$colour",endpoint=~"/v1/.*",'
                'status=~"5.."}[$window])) / sum(rate(xl_http_requests_total{service="$service",colour="$colour",'
@@ -379,36 +376,11 @@ def test_prometheus_going_away_mid_analysis_keeps_the_measurements() -> None:
 
 # --- the module, run by ansible on localhost ------------------------------------------------------------------
 
-needs_ansible = pytest.mark.skipif(not ANSIBLE.exists() or not SYSTEM_PYTHON.exists(),
-                                   reason="needs the project venv's ansible and /usr/bin/python3")
-
-
 def run_module(module: str, args: dict[str, Any], *options: str) -> dict[str, Any]:
-    """Run a module on localhost through the real `ansible` CLI and return the host's result."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local", "-e",
-         f"ansible_python_interpreter={SYSTEM_PYTHON}", "-m", module, "-a", json.dumps(args), *options],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
-    # ansible.cfg enables profile_tasks, which prints timings around the JSON document.
-    start = re.search(r"^\{", proc.stdout, re.MULTILINE)
-    try:
-        report, _ = json.JSONDecoder().raw_decode(proc.stdout, start.start() if start else 0)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return result
+    """Run the module on localhost through the real `ansible` CLI and return the host's result."""
+    return ansible_cli.run_module(module, args, *options)
 
 
-@needs_ansible
 def test_module_passes_fails_with_the_result_and_validates_in_check_mode() -> None:
     with FakePrometheus() as prom:
         prom.answer(rendered(ERROR_RATIO, "green"), 0.01)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,11 +17,12 @@ from typing import Any
 import pytest
 import xl_config as cfg
 
+from tests.support import ansible_cli
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO / "config" / "schema.json"
 # The project venv: the checkout's own, else the one running these tests (a worktree shares the main venv).
 VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(sys.executable).parent
-ANSIBLE = VENV_BIN / "ansible"
 
 try:
     from hypothesis import given, settings
@@ -552,36 +551,11 @@ else:
 
 # --- the module, run by ansible on localhost ------------------------------------------------------------------
 
-needs_ansible = pytest.mark.skipif(not ANSIBLE.exists(), reason=f"needs the project venv's ansible ({ANSIBLE})")
-
-
 def run_module(args: dict[str, Any], *options: str) -> dict[str, Any]:
-    """Run speech_config on localhost through the real `ansible` CLI and return the host's result."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local", "-e",
-         f"ansible_python_interpreter={VENV_BIN / 'python'}", "-m", "speech_config", "-a", json.dumps(args),
-         *options],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
-    # ansible.cfg enables profile_tasks, which prints timings around the JSON document.
-    start = re.search(r"^\{", proc.stdout, re.MULTILINE)
-    try:
-        report, _ = json.JSONDecoder().raw_decode(proc.stdout, start.start() if start else 0)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return result
+    """Run the module on localhost through the real `ansible` CLI and return the host's result."""
+    return ansible_cli.run_module("speech_config", args, *options, python=ansible_cli.CONTROLLER_PYTHON)
 
 
-@needs_ansible
 def test_module_merges_the_repo_config() -> None:
     result = run_module({"config_dir": str(REPO / "config"), "environment": "local", "service": "asr",
                          "extra_layers": [{"name": "inventory", "data": {"services": {"asr": {"memory": "2g"}}}}]})
@@ -594,7 +568,6 @@ def test_module_merges_the_repo_config() -> None:
     assert re.fullmatch(r"cfg-[0-9a-f]{12}", result["version"])
 
 
-@needs_ansible
 def test_module_fails_listing_every_violation(tmp_path: Path) -> None:
     write_yaml(tmp_path, "base/services.yml", {"xlerobot_services": {"asr": ASR}})
     write_yaml(tmp_path, "environments/local/services.yml",
@@ -609,7 +582,6 @@ def test_module_fails_listing_every_violation(tmp_path: Path) -> None:
     assert [v["rule"] for v in result["violations"]] == ["pattern", "minimum"]
 
 
-@needs_ansible
 def test_module_check_mode_reports_changed_and_writes_nothing(tmp_path: Path) -> None:
     state = tmp_path / "run" / "config.json"
     args = {"config_dir": str(REPO / "config"), "environment": "local", "state_file": str(state)}
@@ -623,7 +595,6 @@ def test_module_check_mode_reports_changed_and_writes_nothing(tmp_path: Path) ->
     assert not (tmp_path / "run").exists()
 
 
-@needs_ansible
 def test_module_records_once_then_is_idempotent(tmp_path: Path) -> None:
     state = tmp_path / "config.json"
     args = {"config_dir": str(REPO / "config"), "environment": "local", "state_file": str(state)}

@@ -6,21 +6,16 @@ module through `ansible` against a fake nvidia-smi script, so no GPU is needed.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import xl_gpu as gpu
 
+from tests.support import ansible_cli
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia-smi"
-ANSIBLE = Path(sys.executable).parent / "ansible"  # the venv running these tests
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
 def fixture(name: str) -> str:
@@ -206,33 +201,9 @@ def test_bad_needs_are_refused(need: Any) -> None:
 # --- the module itself, run by ansible against a fake nvidia-smi -----------------------------------------------
 
 # Both always exist where the suite runs (make test builds the venv; Debian has /usr/bin/python3): no skip.
-needs_ansible = pytest.mark.usefixtures()
-
-
 def run_module(args: dict[str, Any]) -> dict[str, Any]:
-    """Run gpu_facts on localhost through the real `ansible` CLI and return the host's result."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-        "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local", "-e",
-         f"ansible_python_interpreter={SYSTEM_PYTHON}", "-m", "gpu_facts", "-a", json.dumps(args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
-    # ansible.cfg enables profile_tasks, which prints timings around the JSON document: read from the line
-    # that opens it to where it closes.
-    start = re.search(r"^\{", proc.stdout, re.MULTILINE)
-    try:
-        report, _ = json.JSONDecoder().raw_decode(proc.stdout, start.start() if start else 0)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return result
+    """Run the module on localhost through the real `ansible` CLI and return the host's result."""
+    return ansible_cli.run_module("gpu_facts", args)
 
 
 def fake_nvidia_smi(tmp_path: Path, query: str, banner: str = "banner.txt") -> Path:
@@ -250,7 +221,6 @@ esac
     return script
 
 
-@needs_ansible
 def test_module_reports_facts_and_assignments(tmp_path: Path) -> None:
     script = fake_nvidia_smi(tmp_path, "multi-a100.csv")
     result = run_module({"nvidia_smi": str(script), "needs": {"asr": 30000, "gateway": 0}})
@@ -265,7 +235,6 @@ def test_module_reports_facts_and_assignments(tmp_path: Path) -> None:
     assert result["nvidia_smi"] == str(script)
 
 
-@needs_ansible
 def test_module_without_nvidia_smi(tmp_path: Path) -> None:
     optional = run_module({"nvidia_smi": "/nonexistent"})
     assert optional.get("failed") is not True, optional
@@ -280,7 +249,6 @@ def test_module_without_nvidia_smi(tmp_path: Path) -> None:
     assert "this host has no NVIDIA GPU tooling: /nonexistent was not found" in required["msg"]
 
 
-@needs_ansible
 def test_module_fails_with_the_diagnosis(tmp_path: Path) -> None:
     script = tmp_path / "nvidia-smi"
     # What nvidia-smi does after a driver upgrade without a reboot: the message on stderr, exit code 18.

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import stat
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any
 import pytest
 import xl_lock as lock
 
+from tests.support import ansible_cli
+
 REPO = Path(__file__).resolve().parents[2]
 # The project venv: the checkout's own, else the one running these tests (a worktree shares the main venv).
 VENV_BIN = REPO / ".venv" / "bin" if (REPO / ".venv" / "bin").is_dir() else Path(sys.executable).parent
-ANSIBLE = VENV_BIN / "ansible"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 NOON = datetime.datetime(2026, 11, 28, 12, 0, 0, tzinfo=datetime.UTC)
 
 
@@ -140,36 +139,11 @@ def test_two_threads_racing_for_the_lock_exactly_one_wins(tmp_path: Path) -> Non
 
 # --- the module, run by ansible on localhost ------------------------------------------------------------------
 
-needs_ansible = pytest.mark.skipif(not ANSIBLE.exists() or not SYSTEM_PYTHON.exists(),
-                                   reason="needs the project venv's ansible and /usr/bin/python3")
-
-
 def run_module(args: dict[str, Any], *options: str) -> dict[str, Any]:
-    """Run deploy_lock on localhost through the real `ansible` CLI and return the host's result."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE), "localhost", "-i", "localhost,", "-c", "local", "-e",
-         f"ansible_python_interpreter={SYSTEM_PYTHON}", "-m", "deploy_lock", "-a", json.dumps(args), *options],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
-    # ansible.cfg enables profile_tasks, which prints timings around the JSON document.
-    start = re.search(r"^\{", proc.stdout, re.MULTILINE)
-    try:
-        report, _ = json.JSONDecoder().raw_decode(proc.stdout, start.start() if start else 0)
-    except json.JSONDecodeError:
-        pytest.fail(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return result
+    """Run the module on localhost through the real `ansible` CLI and return the host's result."""
+    return ansible_cli.run_module("deploy_lock", args, *options)
 
 
-@needs_ansible
 def test_module_acquires_refuses_releases_and_checks(tmp_path: Path) -> None:
     state_dir = str(tmp_path / "state")
     path = tmp_path / "state" / "deploy.lock"
