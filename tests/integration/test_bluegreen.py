@@ -72,6 +72,13 @@ def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[s
     event = _history()[-1]
     assert event["result"] == "success" and event["from"]["version"] == GOOD and event["to"]["version"] == NEXT
     assert [g["name"] for g in event["gates"]] == ["liveness", "readiness", "synthetic-transcription"]
+    report = json.loads((RUN_DIR / "reports" / f"{event['release']}-asr.json").read_text())
+    assert report["result"] == "success" and report["to"]["version"] == NEXT
+    assert report["steps"][0]["weights"] == {"asr_blue": 0, "asr_green": 100}
+    colours = {series["metric"].get("colour") for series in report["observed"]["requests"]}
+    assert {"blue", "green"} <= colours, "Prometheus saw both colours serve during the deploy"
+    markdown = (RUN_DIR / "reports" / f"{event['release']}-asr.md").read_text()
+    assert "| synthetic-transcription | transcription | yes |" in markdown
 
 
 def test_deploying_the_live_version_again_changes_nothing() -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xl_haproxy
 
 from tests.integration.conftest import (
     ENV_FILE,
@@ -97,6 +98,28 @@ def test_a_failing_analysis_aborts_and_returns_all_traffic(golden_clips: dict[st
     assert "xlt-asr-blue" not in docker_names()
     event = _history()[-1]
     assert event["result"] == "aborted" and event["strategy"] == "canary"
+
+
+def test_freeze_leaves_a_failed_canary_in_place_and_rollback_restores_the_live_colour(
+        golden_clips: dict[str, Path]) -> None:
+    # 1.1.0 is live on green; the faulty canary fails its analysis, and rollback=false keeps the split.
+    with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
+        time.sleep(2)
+        run = _canary(ERRORS, "-e", "rollback=false")
+    assert run.returncode != 0
+    assert "Frozen (rollback=false)" in run.output, run.output[-3000:]
+    assert load.outcomes
+    weights = xl_haproxy.backend_state(str(RUN_DIR / "haproxy" / "admin.sock"), "be_asr")
+    assert {name: server["weight"] for name, server in weights.items()} == {"asr_blue": 25, "asr_green": 75}
+    assert "xlt-asr-blue" in docker_names(), "a frozen canary keeps running"
+    assert _history()[-1]["result"] == "frozen"
+    refused = _canary(NEXT)
+    assert refused.returncode != 0 and "both colours take traffic" in refused.output
+    restore = playbook("rollback.yml")
+    assert restore.returncode == 0, restore.output[-4000:]
+    assert set(served_by(4)) == {f"asr/{NEXT}/green"}
+    assert "xlt-asr-blue" not in docker_names()
+    assert _history()[-1]["strategy"] == "restore"
 
 
 def test_a_second_deploy_waits_for_the_lock_and_a_killed_run_converges_after_breaking_it() -> None:

@@ -129,6 +129,14 @@ def test_never_ready_fault_keeps_readiness_false(start_server) -> None:
     assert "never_ready" in ready.json()["reason"]
 
 
+def test_errors_after_fault_serves_the_first_requests_then_fails(start_server, golden_clips) -> None:
+    server = start_server(XL_FAULT="error_rate=1,errors_after=2")
+    server.wait_ready()
+    clip = next(iter(golden_clips.values())).read_bytes()
+    statuses = [_post(server, files={"file": ("clip.wav", clip, "audio/wav")}).status_code for _ in range(4)]
+    assert statuses == [200, 200, 500, 500]
+
+
 def test_invalid_setting_stops_the_service_with_its_name(start_server) -> None:
     server = start_server(ASR_BEAM_SIZE="wide")
     assert server.process.wait(timeout=30) == 2

@@ -67,6 +67,7 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
     inference_slots = asyncio.Semaphore(settings.max_concurrency)
     served_by = f"{settings.service}/{settings.version}/{settings.colour}"
     crash_timer: dict[str, asyncio.TimerHandle] = {}
+    transcriptions_seen = {"count": 0}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,7 +177,9 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
         faults = settings.faults
         if faults.crash_after_s and "crash" not in crash_timer:
             crash_timer["crash"] = asyncio.get_running_loop().call_later(faults.crash_after_s, os._exit, 3)
-        if faults.error_rate and random.random() < faults.error_rate:  # noqa: S311 - fault injection, not crypto
+        transcriptions_seen["count"] += 1
+        if (faults.error_rate and transcriptions_seen["count"] > faults.errors_after
+                and random.random() < faults.error_rate):  # noqa: S311 - fault injection, not crypto
             return api_error(500, "fault injected: error_rate", kind="server_error")
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)

@@ -41,12 +41,15 @@ class Faults:
     """Fault injection, for building deliberately broken versions that exercise the deploy gates.
 
     Parsed from ``XL_FAULT``, a comma-separated list such as ``never_ready`` or
-    ``error_rate=0.05,latency_ms=500``. Empty in every normal image.
+    ``error_rate=0.05,latency_ms=500``. Empty in every normal image. ``errors_after=N`` serves the first N
+    transcriptions cleanly before ``error_rate`` applies: a version that passes its smoke gates and then fails
+    under real traffic, which is what canary analysis exists to catch.
     """
 
     never_ready: bool = False
     garble: bool = False
     error_rate: float = 0.0
+    errors_after: int = 0
     latency_ms: int = 0
     crash_after_s: float = 0.0
 
@@ -59,7 +62,7 @@ class Faults:
                 values[key] = True
             elif key == "error_rate":
                 values[key] = float(raw)
-            elif key == "latency_ms":
+            elif key in ("latency_ms", "errors_after"):
                 values[key] = int(raw)
             elif key == "crash_after_s":
                 values[key] = float(raw)
