@@ -9,16 +9,18 @@ the checks run on the host that runs the instance.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
 import urllib.error
 import urllib.request
 import uuid
+import wave
 from collections.abc import Callable
 from typing import Any
 
-GATE_TYPES = ("liveness", "readiness", "transcription")
+GATE_TYPES = ("liveness", "readiness", "transcription", "speech")
 
 
 class GateSpecError(ValueError):
@@ -45,18 +47,35 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return previous[-1] / len(ref)
 
 
-def http_request(url: str, timeout: float, data: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, str]:
+def http_request_bytes(url: str, timeout: float, data: bytes | None = None,
+                       headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Return (status, body); status 0 means no HTTP answer at all (refused, reset, timed out)."""
     request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace")
+            return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+        return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return 0, f"{type(exc).__name__}: {reason}"
+        return 0, f"{type(exc).__name__}: {reason}".encode()
+
+
+def http_request(url: str, timeout: float, data: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """Like http_request_bytes, with the body decoded as text."""
+    status, body = http_request_bytes(url, timeout, data, headers)
+    return status, body.decode(errors="replace")
+
+
+def wav_seconds(audio: bytes) -> float:
+    """Duration of a WAV file; raises ValueError when the bytes are not one."""
+    try:
+        with wave.open(io.BytesIO(audio)) as clip:
+            rate = clip.getframerate()
+            return clip.getnframes() / rate if rate else 0.0
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"not a WAV file: {exc}") from exc
 
 
 def multipart_body(fields: dict[str, str], file_field: str, filename: str, content: bytes) -> tuple[bytes, str]:
@@ -82,6 +101,13 @@ def validate_gates(gates: list[dict[str, Any]]) -> None:
                 raise GateSpecError(f"gates[{index}] ({kind}) needs 'audio'")
             if not (gate.get("expected_text") or gate.get("text")):
                 raise GateSpecError(f"gates[{index}] ({kind}) needs 'expected_text' (or 'text')")
+        if kind == "speech":
+            if not gate.get("text"):
+                raise GateSpecError(f"gates[{index}] ({kind}) needs 'text' to speak")
+            if not gate.get("readback_url"):
+                raise GateSpecError(f"gates[{index}] ({kind}) needs 'readback_url', a transcription endpoint "
+                                    "that reads the speech back")
+        if kind in ("transcription", "speech"):
             max_wer = gate.get("max_wer", 0.2)
             if not isinstance(max_wer, (int, float)) or not 0 <= max_wer <= 1:
                 raise GateSpecError(f"gates[{index}].max_wer must be a number 0..1, got {max_wer!r}")
@@ -133,6 +159,64 @@ def _transcription(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def plausible_speech_seconds(text: str) -> tuple[float, float]:
+    """Bounds for the length of `text` spoken at a normal pace: 0.15 to 1 s a word, plus a second of pauses."""
+    words = max(len(normalise_words(text)), 1)
+    return round(0.15 * words, 2), round(1.0 * words + 1.0, 2)
+
+
+def _readback(url: str, audio: bytes, timeout: float) -> tuple[str | None, str]:
+    """Transcribe audio with a speech-recognition endpoint: (text, "") or (None, why)."""
+    body, content_type = multipart_body({"response_format": "json"}, "file", "speech.wav", audio)
+    status, answer = http_request(url, timeout=timeout, data=body, headers={"Content-Type": content_type})
+    if status != 200:
+        return None, f"the read-back at {url} failed with {status or 'no answer'}: {answer.strip()[:160]}"
+    try:
+        return str(json.loads(answer)["text"]), ""
+    except (ValueError, KeyError, TypeError):
+        return None, f"the read-back at {url} did not answer {{'text': ...}} JSON: {answer.strip()[:160]}"
+
+
+def _speech(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """Speak the gate's text, check the audio is WAV of a plausible length, and have speech recognition read
+    it back within the word error rate threshold."""
+    text = gate["text"]
+    timeout = float(gate.get("timeout", 60))
+    started = time.monotonic()
+    request = json.dumps({"input": text, "response_format": "wav"}).encode()
+    status, audio = http_request_bytes(f"{base_url}{gate.get('path', '/v1/audio/speech')}", timeout=timeout,
+                                       data=request, headers={"Content-Type": "application/json"})
+    if status != 200:
+        return {"passed": False, "seconds": round(time.monotonic() - started, 3),
+                "measured": f"HTTP {status or 'no answer'}",
+                "why": f"speech request failed with {status or 'no answer'}: "
+                       f"{audio.decode(errors='replace').strip()[:160]}"}
+    shortest, longest = plausible_speech_seconds(text)
+    shortest, longest = float(gate.get("min_seconds", shortest)), float(gate.get("max_seconds", longest))
+    try:
+        seconds = wav_seconds(audio)
+    except ValueError as exc:
+        return {"passed": False, "seconds": round(time.monotonic() - started, 3), "measured": "not WAV",
+                "why": f"the answer to a speech request is {exc}"}
+    if not shortest <= seconds <= longest:
+        return {"passed": False, "seconds": round(time.monotonic() - started, 3),
+                "measured": f"{seconds:.2f} s of audio", "threshold": f"{shortest}-{longest} s",
+                "why": f"{seconds:.2f} s of audio for {len(normalise_words(text))} words is outside the "
+                       f"plausible {shortest}-{longest} s"}
+    heard, why = _readback(gate["readback_url"], audio, timeout)
+    elapsed = round(time.monotonic() - started, 3)
+    if heard is None:
+        return {"passed": False, "seconds": elapsed, "measured": "no read-back", "why": why,
+                "audio_seconds": round(seconds, 2)}
+    max_wer = float(gate.get("max_wer", 0.2))
+    wer = word_error_rate(text, heard)
+    result = {"passed": wer <= max_wer, "seconds": elapsed, "measured": round(wer, 3), "threshold": max_wer,
+              "audio_seconds": round(seconds, 2), "transcript": heard}
+    if not result["passed"]:
+        result["why"] = f"read back with word error rate {wer:.2f} > {max_wer:.2f} (spoke {text!r}, heard {heard!r})"
+    return result
+
+
 def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
     """Run gates in order and stop at the first that fails; every result carries its name and type."""
@@ -145,6 +229,8 @@ def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], fl
             path = gate.get("path", "/healthz" if kind == "liveness" else "/readyz")
             outcome = _poll_ok(f"{base_url}{path}", float(gate.get("timeout", 60)),
                                float(gate.get("interval", 0.5)), clock, sleep)
+        elif kind == "speech":
+            outcome = _speech(base_url, gate)
         else:
             outcome = _transcription(base_url, gate)
         results.append({"name": name, "type": kind, **outcome})

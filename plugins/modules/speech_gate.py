@@ -9,8 +9,8 @@ DOCUMENTATION = r"""
 module: speech_gate
 short_description: Run deploy gates against one speech service instance
 description:
-  - Runs an ordered list of gates (liveness, readiness, synthetic transcription) against one instance
-    and stops at the first that fails.
+  - Runs an ordered list of gates (liveness, readiness, synthetic transcription, synthetic speech) against
+    one instance and stops at the first that fails.
   - Every gate is reported with its measured value and threshold; a failure names the gate, the service
     and why.
   - Gates only read from the instance, so the module never reports a change.
@@ -25,10 +25,13 @@ options:
     required: true
   gates:
     description:
-      - Ordered gate definitions. Each has C(type) (V(liveness), V(readiness) or V(transcription)) and
-        optionally C(name), C(path), C(timeout) and C(interval).
-      - V(transcription) gates need C(audio) (a WAV file on the target) and C(expected_text), and accept
-        C(max_wer) (default 0.2).
+      - Ordered gate definitions. Each has C(type) (V(liveness), V(readiness), V(transcription) or V(speech))
+        and optionally C(name), C(path), C(timeout) and C(interval).
+      - V(transcription) gates (speech recognition) need C(audio) (a WAV file on the target) and
+        C(expected_text), and accept C(max_wer) (default 0.2).
+      - V(speech) gates (speech synthesis) need C(text) and C(readback_url), a transcription endpoint that
+        reads the spoken audio back. The audio must be WAV of a plausible length (C(min_seconds),
+        C(max_seconds); by default 0.15 to 1 s a word plus 1 s) and read back within C(max_wer).
     type: list
     elements: dict
     required: true
@@ -61,6 +64,16 @@ EXAMPLES = r"""
         audio: /var/lib/xlerobot/golden/kitchen.wav
         expected_text: Turn off the radio in the living room
         max_wer: 0.2
+
+- name: Gate the new green TTS instance; the live ASR behind the gateway reads its speech back
+  speech_gate:
+    service: tts
+    url: http://127.0.0.1:18012
+    gates:
+      - {type: readiness, timeout: 120}
+      - type: speech
+        text: The kitchen lights are now on
+        readback_url: http://127.0.0.1:8080/v1/audio/transcriptions
 """
 
 RETURN = r"""

@@ -1,4 +1,4 @@
-"""A bounded load generator: threads that post a clip to the gateway and record every outcome.
+"""A bounded load generator: threads that post a clip (or a JSON body) to the gateway and record every outcome.
 
 Used by the end-to-end tests (zero failed requests across a deploy) and by the benchmarks. It only talks
 to the URL it is given, which the callers keep on 127.0.0.1.
@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -26,17 +27,25 @@ class Outcome:
 @dataclass
 class LoadGenerator:
     url: str
-    audio: Path
+    audio: Path | None = None  # posted as the multipart field `file` (speech recognition)
     concurrency: int = 2
     max_seconds: float = 600.0  # hard stop, so a forgotten generator never runs on
     timeout: float = 120.0
     outcomes: list[Outcome] = field(default_factory=list)
+    json_body: dict[str, Any] | None = None  # posted as JSON instead of a clip (speech synthesis)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._payload = self.audio.read_bytes()
+        if (self.audio is None) == (self.json_body is None):
+            raise ValueError("give either an audio clip or a JSON body to post")
+        self._payload = self.audio.read_bytes() if self.audio else b""
+
+    def _post(self, session: requests.Session) -> requests.Response:
+        if self.json_body is not None:
+            return session.post(self.url, json=self.json_body, timeout=self.timeout)
+        return session.post(self.url, files={"file": ("clip.wav", self._payload, "audio/wav")}, timeout=self.timeout)
 
     def _worker(self) -> None:
         session = requests.Session()
@@ -44,8 +53,7 @@ class LoadGenerator:
         while not self._stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
             try:
-                response = session.post(self.url, files={"file": ("clip.wav", self._payload, "audio/wav")},
-                                        timeout=self.timeout)
+                response = self._post(session)
                 outcome = Outcome(started, time.monotonic() - started, response.status_code,
                                   response.headers.get("X-Served-By", ""),
                                   "" if response.ok else response.text[:200])

@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import wave
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def silent_wav(seconds: float, rate: int = 16000) -> bytes:
+    buffer = BytesIO()
+    with wave.open(buffer, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(2)
+        clip.setframerate(rate)
+        clip.writeframes(b"\x00\x00" * int(rate * seconds))
+    return buffer.getvalue()
+
+
 class FakeInstance:
-    """An HTTP server whose /healthz, /readyz and transcription answers the test controls."""
+    """An HTTP server whose /healthz, /readyz, transcription and speech answers the test controls.
+
+    A speech request (/v1/audio/speech) answers `speech_seconds` of silent 16 kHz WAV, or `speech_body`
+    when that is set; any other POST is a transcription answering `transcript`.
+    """
 
     def __init__(self) -> None:
         self.ready = True
         self.alive = True
         self.transcript = "turn off the radio in the living room"
         self.transcription_status = 200
+        self.speech_seconds = 2.0
+        self.speech_body: bytes | None = None
+        self.spoken: list[dict[str, Any]] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,7 +71,16 @@ class FakeInstance:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                self.rfile.read(length)
+                body = self.rfile.read(length)
+                if self.path == "/v1/audio/speech":
+                    owner.spoken.append(json.loads(body))
+                    audio = owner.speech_body if owner.speech_body is not None else silent_wav(owner.speech_seconds)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "audio/wav")
+                    self.send_header("Content-Length", str(len(audio)))
+                    self.end_headers()
+                    self.wfile.write(audio)
+                    return
                 self._send(owner.transcription_status, {"text": owner.transcript})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -28,6 +28,9 @@ def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> No
     ([{"type": "liveness"}, {"type": "transcription", "text": "hi"}], r"gates\[1\] \(transcription\) needs 'audio'"),
     ([{"type": "transcription", "audio": "/x.wav"}], "needs 'expected_text'"),
     ([{"type": "transcription", "audio": "/x.wav", "text": "hi", "max_wer": 2}], "max_wer must be a number 0..1"),
+    ([{"type": "speech", "readback_url": "http://127.0.0.1:1/t"}], r"gates\[0\] \(speech\) needs 'text'"),
+    ([{"type": "speech", "text": "hello"}], "needs 'readback_url'"),
+    ([{"type": "speech", "text": "hi", "readback_url": "http://x/t", "max_wer": -1}], "max_wer must be a number"),
 ])
 def test_bad_gate_specs_are_named(spec: list[dict[str, object]], message: str) -> None:
     with pytest.raises(gates.GateSpecError, match=message):
@@ -104,3 +107,49 @@ def test_multipart_body_carries_fields_and_file() -> None:
     assert b'name="response_format"\r\n\r\njson' in body
     assert b'name="file"; filename="a.wav"' in body and b"\x00\x01" in body
     assert body.endswith(f"--{boundary}--\r\n".encode())
+
+
+SPOKEN = "The kitchen lights are now on"
+
+
+def test_speech_gate_speaks_checks_the_length_and_reads_it_back() -> None:
+    with FakeInstance() as tts, FakeInstance() as asr:
+        asr.transcript = "the kitchen lights are now on."
+        results = gates.run_gates(tts.url, [{"name": "say", "type": "speech", "text": SPOKEN,
+                                             "readback_url": f"{asr.url}/v1/audio/transcriptions"}])
+    assert tts.spoken == [{"input": SPOKEN, "response_format": "wav"}]
+    assert results[0]["passed"] is True, results
+    assert results[0]["measured"] == 0.0 and results[0]["audio_seconds"] == 2.0
+
+
+def test_speech_gate_fails_on_a_wrong_read_back_with_both_texts() -> None:
+    with FakeInstance() as tts, FakeInstance() as asr:
+        asr.transcript = "the garage door is open"
+        results = gates.run_gates(tts.url, [{"type": "speech", "text": SPOKEN,
+                                             "readback_url": f"{asr.url}/v1/audio/transcriptions"}])
+    assert results[0]["passed"] is False
+    assert results[0]["measured"] > 0.2
+    assert "heard 'the garage door is open'" in results[0]["why"]
+
+
+@pytest.mark.parametrize("seconds, expected", [(0.2, "outside the plausible 0.9-7.0 s"),
+                                               (30.0, "30.00 s of audio for 6 words")])
+def test_speech_gate_rejects_implausible_lengths_before_the_read_back(seconds: float, expected: str) -> None:
+    with FakeInstance() as tts, FakeInstance() as asr:
+        tts.speech_seconds = seconds
+        results = gates.run_gates(tts.url, [{"type": "speech", "text": SPOKEN,
+                                             "readback_url": f"{asr.url}/v1/audio/transcriptions"}])
+    assert results[0]["passed"] is False
+    assert expected in results[0]["why"]
+
+
+def test_speech_gate_names_an_answer_that_is_not_audio_and_a_dead_read_back() -> None:
+    with FakeInstance() as tts:
+        tts.speech_body = b"<html>oops</html>"
+        not_audio = gates.run_gates(tts.url, [{"type": "speech", "text": SPOKEN,
+                                               "readback_url": f"http://127.0.0.1:{free_port()}/t"}])
+        tts.speech_body = None
+        no_reader = gates.run_gates(tts.url, [{"type": "speech", "text": SPOKEN, "timeout": 2,
+                                               "readback_url": f"http://127.0.0.1:{free_port()}/t"}])
+    assert not_audio[0]["measured"] == "not WAV" and "not a WAV file" in not_audio[0]["why"]
+    assert no_reader[0]["measured"] == "no read-back" and "failed with no answer" in no_reader[0]["why"]

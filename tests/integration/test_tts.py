@@ -1,0 +1,85 @@
+"""Speech synthesis end to end: the TTS service deployed blue-green through the same engine, gated by the live
+speech recognition reading its voice back, under load through the real gateway, and rolled back.
+
+Needs speech recognition live (the read-back goes through the gateway), so it deploys ASR first; ends with
+the TTS good version live again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import wave
+
+import pytest
+import requests
+
+from tests.integration.conftest import GARBLED, GATEWAY, GOOD, NEXT, RUN_DIR, docker_names, playbook
+from tests.support.loadgen import LoadGenerator
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
+
+SPEECH = f"{GATEWAY}/v1/audio/speech"
+REQUEST = {"input": "The front door is locked and the alarm is set.", "response_format": "wav"}
+
+
+def _deploy(version: str, *extra: str):
+    return playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={version}", "-e", "services=tts", *extra)
+
+
+def _speak() -> tuple[str, float]:
+    response = requests.post(SPEECH, json=REQUEST, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    with wave.open(io.BytesIO(response.content)) as clip:
+        seconds = clip.getnframes() / clip.getframerate()
+    return response.headers.get("X-Served-By", ""), seconds
+
+
+def _last_event(service: str) -> dict:
+    lines = (RUN_DIR / "state" / "history.jsonl").read_text().splitlines()
+    return [event for event in map(json.loads, lines) if event["service"] == service][-1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def speech_recognition_is_live() -> None:
+    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr")
+    assert run.returncode == 0, run.output[-4000:]
+
+
+def test_first_tts_deploy_is_gated_by_the_read_back_and_speaks_through_the_gateway() -> None:
+    run = _deploy(GOOD)
+    assert run.returncode == 0, run.output[-4000:]
+    served, seconds = _speak()
+    assert served.startswith(f"tts/{GOOD}/")
+    assert 1.0 < seconds < 10.0
+    gate = next(g for g in _last_event("tts")["gates"] if g["type"] == "speech")
+    assert gate["passed"] and gate["measured"] <= 0.25 and gate["audio_seconds"] > 0.5, gate
+
+
+def test_tts_blue_green_under_load_loses_no_request_and_rollback_returns() -> None:
+    live_before = _last_event("tts")["to"]["colour"]
+    with LoadGenerator(SPEECH, json_body=REQUEST, concurrency=2) as load:
+        time.sleep(2)
+        run = _deploy(NEXT)
+        finished = time.monotonic()
+        time.sleep(3)
+    assert run.returncode == 0, run.output[-4000:]
+    assert load.outcomes and load.failures == [], load.failures[:5]
+    after = {o.served_by for o in load.outcomes if o.started > finished}
+    assert after == {f"tts/{NEXT}/{'green' if live_before == 'blue' else 'blue'}"}
+    back = playbook("rollback.yml", "-e", "services=tts")
+    assert back.returncode == 0, back.output[-4000:]
+    assert _speak()[0] == f"tts/{GOOD}/{live_before}"
+
+
+def test_a_voice_that_says_the_wrong_words_is_stopped_by_the_read_back_and_traffic_stays() -> None:
+    live = _last_event("tts")["to"]
+    run = _deploy(GARBLED)
+    assert run.returncode != 0
+    assert "gate 'synthetic-speech' failed for service tts" in run.output, run.output[-4000:]
+    assert "read back with word error rate" in run.output
+    assert _speak()[0] == f"tts/{live['version']}/{live['colour']}"
+    idle = "green" if live["colour"] == "blue" else "blue"
+    assert f"xlt-tts-{idle}" not in docker_names()
+    assert _last_event("tts")["result"] == "aborted"
