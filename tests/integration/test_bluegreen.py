@@ -46,7 +46,7 @@ def _under_load(clip: Path, action):
     time.sleep(3)
     result = action()
     finished = time.monotonic()
-    time.sleep(4)
+    load.wait_for_answers_after(finished)
     load.stop()
     return result, load, finished
 

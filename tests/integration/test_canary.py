@@ -64,7 +64,7 @@ def test_canary_walks_its_steps_under_load_and_promotes(golden_clips: dict[str, 
         time.sleep(2)
         run = _canary(NEXT)
         finished = time.monotonic()
-        time.sleep(4)
+        load.wait_for_answers_after(finished)
     assert run.returncode == 0, run.output[-5000:]
     assert load.failures == [], load.failures[:5]
     during = {o.served_by for o in load.outcomes if o.started < finished}
@@ -86,7 +86,7 @@ def test_a_failing_analysis_aborts_and_returns_all_traffic(golden_clips: dict[st
         time.sleep(2)
         run = _canary(ERRORS)
         finished = time.monotonic()
-        time.sleep(4)
+        load.wait_for_answers_after(finished)
     assert run.returncode != 0
     assert "canary deploy of asr" in run.output and "error-ratio" in run.output, run.output[-4000:]
     assert f"Traffic stays on green ({NEXT})" in run.output

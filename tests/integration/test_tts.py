@@ -63,7 +63,7 @@ def test_tts_blue_green_under_load_loses_no_request_and_rollback_returns() -> No
         time.sleep(2)
         run = _deploy(NEXT)
         finished = time.monotonic()
-        time.sleep(3)
+        load.wait_for_answers_after(finished)
     assert run.returncode == 0, run.output[-4000:]
     assert load.outcomes and load.failures == [], load.failures[:5]
     after = {o.served_by for o in load.outcomes if o.started > finished}

@@ -75,6 +75,17 @@ class LoadGenerator:
             thread.join(timeout=self.timeout + 5)
         return self.outcomes
 
+    def wait_for_answers_after(self, moment: float, count: int = 3, timeout: float = 90.0) -> None:
+        """Wait until `count` requests sent after `moment` (time.monotonic) are answered; a busy machine answers
+        late, and a fixed sleep would then judge nothing."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                answered = sum(1 for outcome in self.outcomes if outcome.started > moment)
+            if answered >= count:
+                return
+            time.sleep(0.2)
+
     def __enter__(self) -> "LoadGenerator":
         return self.start()
 
