@@ -29,11 +29,13 @@ def xl_server(service: str, colour: str, host: str | None = None) -> str:
     return f"{name}_{re.sub(r'[^a-z0-9]', '', host.lower())}" if host else name
 
 
-def xl_servers(service: str, colour: str, hosts: list[str]) -> list[str]:
-    """Every HAProxy server of one colour of a service, one per speech host."""
+def xl_servers(service: str, colour: str, hosts: list[str], fleet: list[str] | None = None) -> list[str]:
+    """HAProxy servers of one colour of a service on `hosts`, one per host. Server names carry the host when
+    the service spans several hosts: `fleet` (all its speech hosts) says so when `hosts` is only a batch."""
     if not hosts:
         raise AnsibleFilterError(f"service {service!r} has no speech hosts")
-    return [xl_server(service, colour, host if len(hosts) > 1 else None) for host in hosts]
+    several = len(fleet if fleet is not None else hosts) > 1
+    return [xl_server(service, colour, host if several else None) for host in hosts]
 
 
 def xl_weights(servers: list[str], weight: int) -> dict[str, int]:

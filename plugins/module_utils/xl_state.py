@@ -52,12 +52,16 @@ def _atomic_write(path: str, text: str, mode: int = 0o640) -> None:
 
 
 def next_state(state: dict[str, Any], service: str, live: dict[str, Any]) -> dict[str, Any]:
-    """State after `live` becomes the service's live release; the replaced one becomes `previous`."""
+    """State after `live` becomes the service's live release; the replaced one becomes `previous`.
+
+    A release is replaced when the colour changes (blue-green, canary) or the image does on the same colour
+    (rolling); recording the same image on the same colour again keeps the previous one."""
     services = dict(state.get("services", {}))
     current = services.get(service, {})
     entry = {key: live[key] for key in LIVE_KEYS if key in live}
-    if current.get("live") and current["live"].get("colour") != entry.get("colour"):
-        previous = current["live"]
+    replaced = current.get("live")
+    if replaced and (replaced.get("colour"), replaced.get("digest")) != (entry.get("colour"), entry.get("digest")):
+        previous = replaced
     else:
         previous = current.get("previous")
     services[service] = {"live": entry, **({"previous": previous} if previous else {})}

@@ -20,6 +20,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).with_name("env-test.yml")
+FLEET_ENV_FILE = Path(__file__).with_name("env-fleet.yml")
+FLEET_INVENTORY = REPO / "inventories" / "local-fleet" / "hosts.yml"
 GATEWAY = "http://127.0.0.1:18080"
 TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
@@ -39,13 +41,16 @@ class PlaybookRun:
         return sum(int(count) for count in counts)
 
 
-def playbook(name: str, *extra: str, test_env: bool = True) -> PlaybookRun:
+def playbook(name: str, *extra: str, test_env: bool = True, fleet: bool = False) -> PlaybookRun:
+    """Run a playbook in the test environment (or, with `fleet`, the four-host fleet environment)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     args = [str(bin_dir / "ansible-playbook"), f"playbooks/{name}"]
     if test_env:
         args += ["-e", f"@{ENV_FILE}"]
+    if fleet:
+        args += ["-i", str(FLEET_INVENTORY), "-e", f"@{FLEET_ENV_FILE}"]
     completed = subprocess.run([*args, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     return PlaybookRun(completed.returncode, completed.stdout + completed.stderr)
 
@@ -62,10 +67,10 @@ def served_by(count: int = 3, clip: Path | None = None) -> list[str]:
     return answers
 
 
-def docker_names() -> set[str]:
-    """Containers of the test environment (its xlt- prefix): other work on the same engine is not ours to judge."""
+def docker_names(prefix: str = "xlt-") -> set[str]:
+    """Containers of one test environment (by its prefix): other work on the same engine is not ours to judge."""
     out = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, check=True)
-    return {name for name in out.stdout.split() if name.startswith("xlt-")}
+    return {name for name in out.stdout.split() if name.startswith(prefix)}
 
 
 @pytest.fixture(scope="session")

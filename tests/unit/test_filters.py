@@ -17,6 +17,8 @@ def test_names() -> None:
 def test_servers_and_weights() -> None:
     assert f.xl_servers("asr", "blue", ["localhost"]) == ["asr_blue"]
     assert f.xl_servers("asr", "blue", ["n1", "n2"]) == ["asr_blue_n1", "asr_blue_n2"]
+    assert f.xl_servers("asr", "blue", ["n2"], fleet=["n1", "n2"]) == ["asr_blue_n2"]
+    assert f.xl_servers("asr", "blue", ["n1"], fleet=["n1"]) == ["asr_blue"]
     assert f.xl_weights(["a", "b"], 100) == {"a": 100, "b": 100}
 
 

@@ -31,6 +31,12 @@ def test_recording_the_same_colour_keeps_the_previous() -> None:
     assert again["services"]["asr"]["live"]["release"] == "r3"
 
 
+def test_a_new_image_on_the_same_colour_replaces_the_live_release() -> None:
+    rolled = {**BLUE_1, "version": "1.1.0", "digest": "sha256:c", "image": "r/asr@sha256:c", "release": "r2"}
+    state = st.next_state(st.next_state({"services": {}}, "asr", BLUE_1), "asr", rolled)
+    assert state["services"]["asr"] == {"live": rolled, "previous": BLUE_1}
+
+
 def test_unknown_keys_are_not_recorded() -> None:
     state = st.next_state({"services": {}}, "asr", {**BLUE_1, "token": "s3cret"})
     assert "token" not in state["services"]["asr"]["live"]
