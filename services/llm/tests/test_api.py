@@ -175,17 +175,35 @@ def test_concurrent_requests_take_turns_on_the_one_model(llm_server) -> None:
     assert len({response.json()["choices"][0]["message"]["content"] for response in results}) == 1
 
 
+def _open_stream(port: int, max_tokens: int) -> socket.socket:
+    """A streamed request whose answer has started, on a raw socket the test closes when it likes."""
+    body = json.dumps({"messages": LONG_ANSWER, "max_tokens": max_tokens, "stream": True}).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert b"200 OK" in connection.recv(4096)
+    return connection
+
+
 def test_a_client_leaving_mid_stream_frees_the_model(llm_server) -> None:
-    body = json.dumps({"messages": LONG_ANSWER, "max_tokens": 200, "stream": True}).encode()
-    with socket.create_connection(("127.0.0.1", llm_server.port), timeout=30) as connection:
-        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        assert b"200 OK" in connection.recv(4096)
+    _open_stream(llm_server.port, max_tokens=256).close()
     started = time.monotonic()
     response = llm_server.chat(json={"messages": QUESTION, "max_tokens": 4}, timeout=60)
     assert response.status_code == 200
-    # Far less than the 200 tokens the abandoned stream asked for would take.
-    assert time.monotonic() - started < 10
+    # The 256 tokens the abandoned stream asked for take over 6 s here; its generation stops when the client goes.
+    assert time.monotonic() - started < 5
+
+
+def test_a_request_queued_past_the_timeout_is_a_503(start_server) -> None:
+    server = start_server(LLM_QUEUE_TIMEOUT_S="0.5")
+    server.wait_ready()
+    with _open_stream(server.port, max_tokens=256):
+        started = time.monotonic()
+        response = server.chat(json={"messages": QUESTION, "max_tokens": 4})
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "service_unavailable"
+        assert time.monotonic() - started < 5
+    assert server.chat(json={"messages": QUESTION, "max_tokens": 4}).status_code == 200
 
 
 def test_probes_and_identity(llm_server) -> None:
