@@ -8,7 +8,9 @@ the flags the manifest pins, on the controller, because the base image has no co
 Each wheel lands in ``<cache>/<key>/``; the key hashes the requirement, the build environment and the Python
 and machine it is built for, so a changed flag or pin builds a new wheel instead of reusing a stale one. A
 wheel already in the cache is reused as is: the compile runs once per machine, never on every image build
-or test run. ``--copy-to`` puts the cached wheels into an image build context's wheelhouse.
+or test run. The cache lives outside the checkout ($XL_WHEEL_CACHE, else ~/.cache/xlerobot-deploy/wheels), so
+every clone on the machine, CI's fresh one included, shares the one compile. ``--copy-to`` puts the cached
+wheels into an image build context's wheelhouse.
 
 Standard library only: it runs before the controller venv exists (scripts/venv.sh) and from the image build
 role. Prints one JSON object: what was built, reused and copied.
@@ -36,6 +38,13 @@ TOOLS = ("cc", "c++", "cmake")
 
 class WheelBuildError(Exception):
     """A declared wheel cannot be built or found."""
+
+
+def default_cache() -> Path:
+    if os.environ.get("XL_WHEEL_CACHE"):
+        return Path(os.environ["XL_WHEEL_CACHE"])
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "xlerobot-deploy" / "wheels"
 
 
 def project_name(requirement: str) -> str:
@@ -126,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, action="append", required=True,
                         help="a service's built_wheels.json (repeatable)")
-    parser.add_argument("--cache", type=Path, required=True, help="folder that keeps the compiled wheels")
+    parser.add_argument("--cache", type=Path, default=default_cache(),
+                        help="folder that keeps the compiled wheels (default: $XL_WHEEL_CACHE, else "
+                             "~/.cache/xlerobot-deploy/wheels)")
     parser.add_argument("--copy-to", type=Path, help="wheelhouse to copy the wheels into (an image build context)")
     parser.add_argument("--python-version", help="fail unless this script runs on that Python (e.g. 3.11): "
                                                  "the wheels are compiled for the interpreter that builds them")

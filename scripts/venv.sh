@@ -3,14 +3,14 @@
 # Reinstalls only when the pins change, so a second run takes well under a second.
 #
 # Wheels no registry has for this machine (a service's built_wheels.json: llama-cpp-python, which publishes no
-# CPU wheel) are compiled once by scripts/build_wheels.py into .cache/wheels/ and installed from there. The
+# CPU wheel) are compiled once per machine by scripts/build_wheels.py into its cache ($XL_WHEEL_CACHE, else
+# ~/.cache/xlerobot-deploy/wheels, outside the checkout so every clone shares it) and installed from there. The
 # first run on a machine spends minutes compiling (it needs a C++ compiler and cmake, installed here if
 # missing); every later run, and every image build (roles/image_build), reuses the cached wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
 stamp="$venv/.pins.sha256"
-wheel_cache=.cache/wheels
 shopt -s nullglob
 built_manifests=(services/*/built_wheels.json)
 shopt -u nullglob
@@ -30,8 +30,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
       echo "venv: installing build-essential and cmake to compile ${built_manifests[*]}" >&2
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential cmake >/dev/null
     fi
-    echo "venv: compiling or reusing the wheels of ${built_manifests[*]} in $wheel_cache" >&2
-    report=$("$venv/bin/python" scripts/build_wheels.py "${built_manifests[@]/#/--manifest=}" --cache "$wheel_cache")
+    echo "venv: compiling (minutes, once per machine) or reusing the wheels of ${built_manifests[*]}" >&2
+    report=$("$venv/bin/python" scripts/build_wheels.py "${built_manifests[@]/#/--manifest=}")
     mapfile -t built_wheels < <("$venv/bin/python" -c \
       'import json, sys; print(*(w["wheel"] for w in json.load(sys.stdin)["wheels"]), sep="\n")' <<<"$report")
   fi

@@ -90,3 +90,11 @@ def test_the_llm_manifest_pins_a_portable_build() -> None:
     # base image lacks.
     assert "-DGGML_NATIVE=OFF" in flags
     assert "-DGGML_OPENMP=OFF" in flags
+
+
+def test_the_cache_is_outside_the_checkout_unless_overridden(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("XL_WHEEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build_wheels.default_cache() == tmp_path / "xdg" / "xlerobot-deploy" / "wheels"
+    monkeypatch.setenv("XL_WHEEL_CACHE", str(tmp_path / "mine"))
+    assert build_wheels.default_cache() == tmp_path / "mine"
