@@ -38,7 +38,7 @@ molecule: bootstrap
 lint: venv
 	yamllint -s .
 	ansible-lint
-	ruff check plugins services tests bench molecule conftest.py
+	ruff check plugins services tests bench molecule scripts conftest.py
 	mypy
 
 teardown: venv
