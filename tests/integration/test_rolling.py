@@ -26,6 +26,7 @@ SOCKET = str(RUN_DIR / "haproxy" / "admin.sock")
 TRANSCRIBE = "http://127.0.0.1:18180/v1/audio/transcriptions"
 NODES = ["node1", "node2", "node3", "node4"]
 GATE_TEXT = "Turn off the radio in the living room"
+UNREACHABLE = REPO / "tests" / "integration" / "fleet-unreachable.yml"
 
 
 def _rolling(version: str, *extra: str):
@@ -133,9 +134,26 @@ def test_a_failing_host_beyond_max_fail_percentage_puts_every_updated_host_back(
     assert event["result"] == "aborted" and [f["host"] for f in event["failed_hosts"]] == ["node1", "node2"]
 
 
+def test_an_unreachable_host_counts_against_max_fail_percentage() -> None:
+    # node5 joins the fleet but cannot be reached: with no failure allowed nothing is touched ...
+    refused = _rolling(GOOD, "-i", str(UNREACHABLE))
+    assert refused.returncode != 0
+    assert "1 of 5 host(s) cannot be reached (max_fail_percentage 0): node5; no host was touched" in refused.output, \
+        refused.output[-4000:]
+    assert "No host was changed; traffic stays on blue (1.1.0)" in refused.output
+    assert _versions() == dict.fromkeys(NODES, NEXT)
+    # ... with one host in five allowed to fail, the four others roll and node5 is reported.
+    run = _rolling(GOOD, "-i", str(UNREACHABLE), "-e", "rolling_max_fail_percentage=25")
+    assert run.returncode == 0, run.output[-4000:]
+    assert _versions() == dict.fromkeys(NODES, GOOD)
+    event = _history()[-1]
+    assert event["result"] == "success" and sorted(event["updated_hosts"]) == NODES
+    assert [(f["host"], f["why"].split(":")[0]) for f in event["hosts_left_on_previous"]] == [("node5", "unreachable")]
+
+
 def test_rollback_after_a_rolling_deploy_returns_the_previous_version() -> None:
     run = playbook("rollback.yml", fleet=True)
     assert run.returncode == 0, run.output[-4000:]
     served = {requests.post(TRANSCRIBE, files={"file": ("a.wav", b"", "audio/wav")}, timeout=30)
               .headers.get("X-Served-By") for _ in range(8)}
-    assert served == {f"asr/{GOOD}/green"}
+    assert served == {f"asr/{NEXT}/green"}
