@@ -46,3 +46,4 @@ teardown: venv
 
 bench: bootstrap
 	python bench/skeleton.py
+	python bench/strategies.py

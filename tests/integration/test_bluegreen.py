@@ -79,6 +79,8 @@ def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[s
     assert {"blue", "green"} <= colours, "Prometheus saw both colours serve during the deploy"
     markdown = (RUN_DIR / "reports" / f"{event['release']}-asr.md").read_text()
     assert "| synthetic-transcription | transcription | yes |" in markdown
+    plot = RUN_DIR / "reports" / f"{event['release']}-asr.png"
+    assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.name})" in markdown
 
 
 def test_deploying_the_live_version_again_changes_nothing() -> None:

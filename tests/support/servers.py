@@ -155,6 +155,7 @@ class FakePrometheus:
 
     def __init__(self) -> None:
         self.answers: dict[str, list[Any]] = {}
+        self.ranges: dict[str, list[dict[str, Any]]] = {}  # query_range: query -> matrix result, as Prometheus has it
         self.queries: list[str] = []
         self.status = 200
         owner = self
@@ -173,6 +174,12 @@ class FakePrometheus:
 
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
+                if url.path == "/api/v1/query_range":
+                    query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
+                    owner.queries.append(query)
+                    self._send(200, {"status": "success", "data": {"resultType": "matrix",
+                                                                   "result": owner.ranges.get(query, [])}})
+                    return
                 if url.path != "/api/v1/query":
                     self._send(404, {"status": "error", "errorType": "not_found", "error": "no such path"})
                     return
