@@ -47,6 +47,17 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return previous[-1] / len(ref)
 
 
+def corpus_word_error_rate(pairs: list[tuple[str, str]]) -> float:
+    """Word error rate over a set of (reference, hypothesis) pairs: all word edits over all reference words, so
+    long utterances weigh more than short ones (the usual way to report a test set)."""
+    edits = words = 0.0
+    for reference, hypothesis in pairs:
+        count = len(normalise_words(reference))
+        edits += word_error_rate(reference, hypothesis) * max(count, 1)
+        words += max(count, 1)
+    return edits / words if words else 0.0
+
+
 def http_request_bytes(url: str, timeout: float, data: bytes | None = None,
                        headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Return (status, body); status 0 means no HTTP answer at all (refused, reset, timed out)."""

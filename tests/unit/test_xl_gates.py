@@ -23,6 +23,13 @@ def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> No
     assert gates.word_error_rate(reference, hypothesis) == pytest.approx(expected)
 
 
+def test_corpus_word_error_rate_weighs_by_reference_length() -> None:
+    pairs = [("turn off the radio", "turn off the radio"), ("open the door", "open a door"),
+             ("stop", "")]
+    assert gates.corpus_word_error_rate(pairs) == pytest.approx(2 / 8)
+    assert gates.corpus_word_error_rate([]) == 0.0
+
+
 @pytest.mark.parametrize("spec, message", [
     ([{"type": "smoke"}], r"gates\[0\].type must be one of"),
     ([{"type": "liveness"}, {"type": "transcription", "text": "hi"}], r"gates\[1\] \(transcription\) needs 'audio'"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from xl_gates import word_error_rate
+from xl_gates import corpus_word_error_rate, word_error_rate
 
 from tests.support.audio import golden_texts
 
@@ -146,11 +146,14 @@ def test_metrics_count_requests_by_status(tts_server) -> None:
 
 
 def test_round_trip_through_speech_recognition(tts_server, transcribe) -> None:
+    heard = []
     for text in [SENTENCE, *golden_texts()]:
         response = tts_server.speak(json={"input": text})
         assert response.status_code == 200, response.text
-        heard = transcribe(response.content)
-        assert word_error_rate(text, heard) <= 0.2, f"{text!r} -> {heard!r}"
+        heard.append((text, transcribe(response.content)))
+    assert corpus_word_error_rate(heard) <= 0.1, heard
+    good = [text for text, transcript in heard if word_error_rate(text, transcript) <= 0.2]
+    assert len(good) >= 0.85 * len(heard), heard
 
 
 def test_garble_fault_speaks_another_sentence(start_server, transcribe) -> None:
