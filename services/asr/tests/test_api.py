@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from xl_asr.settings import Faults
 from xl_gates import corpus_word_error_rate, word_error_rate
 
 TRANSCRIBE = "/v1/audio/transcriptions"
@@ -133,6 +134,14 @@ def test_never_ready_fault_keeps_readiness_false(start_server) -> None:
     ready = requests.get(f"{server.url}/readyz", timeout=5)
     assert ready.status_code == 503
     assert "never_ready" in ready.json()["reason"]
+
+
+def test_error_rate_fault_fails_exactly_its_share_evenly_after_the_clean_ones() -> None:
+    faults = Faults.parse("error_rate=0.3,errors_after=1")
+    failed = [seen for seen in range(1, 22) if faults.fails(seen)]
+    assert failed == [2, 5, 8, 12, 15, 18]  # 6 of the 20 after the first, the first of them included
+    assert not any(Faults.parse("").fails(seen) for seen in range(1, 10))
+    assert all(Faults.parse("error_rate=1").fails(seen) for seen in range(1, 10))
 
 
 def test_errors_after_fault_serves_the_first_requests_then_fails(start_server, golden_clips) -> None:

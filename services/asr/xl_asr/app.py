@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -178,8 +177,7 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
         if faults.crash_after_s and "crash" not in crash_timer:
             crash_timer["crash"] = asyncio.get_running_loop().call_later(faults.crash_after_s, os._exit, 3)
         transcriptions_seen["count"] += 1
-        if (faults.error_rate and transcriptions_seen["count"] > faults.errors_after
-                and random.random() < faults.error_rate):  # noqa: S311 - fault injection, not crypto
+        if faults.fails(transcriptions_seen["count"]):
             return api_error(500, "fault injected: error_rate", kind="server_error")
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import random
 import threading
 import time
 import uuid
@@ -342,8 +341,7 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
         if faults.crash_after_s and "crash" not in crash_timer:
             crash_timer["crash"] = asyncio.get_running_loop().call_later(faults.crash_after_s, os._exit, 3)
         completions_seen["count"] += 1
-        if (faults.error_rate and completions_seen["count"] > faults.errors_after
-                and random.random() < faults.error_rate):  # noqa: S311 - fault injection, not crypto
+        if faults.fails(completions_seen["count"]):
             return api_error(500, "fault injected: error_rate", kind="server_error")
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -73,7 +74,8 @@ class Faults:
     """Fault injection, for building deliberately broken versions that exercise the deploy gates.
 
     Parsed from ``XL_FAULT``, a comma-separated list such as ``never_ready`` or
-    ``error_rate=0.05,latency_ms=500``. Empty in every normal image. ``errors_after=N`` serves the first N
+    ``error_rate=0.05,latency_ms=500``. Empty in every normal image. ``error_rate`` fails exactly that share
+    of the requests, evenly spread (see ``fails``). ``errors_after=N`` serves the first N
     syntheses cleanly before ``error_rate`` applies: a version that passes its smoke gates and then fails
     under real traffic, which is what canary analysis exists to catch. ``garble`` speaks a fixed sentence
     instead of the requested one, which only a round trip through speech recognition notices.
@@ -100,6 +102,15 @@ class Faults:
             else:
                 raise SettingsError(f"XL_FAULT: unknown fault {key!r}")
         return cls(**values)  # type: ignore[arg-type]
+
+    def fails(self, seen: int) -> bool:
+        """Whether request number `seen` (from 1) is one the error_rate fault fails: exactly that share of the
+        requests after the first `errors_after`, evenly spread and starting with the first of them, so a drill
+        fails the same way on every run."""
+        served = seen - self.errors_after
+        # Rounded first, so that 10 * 0.3 counts as 3 and not 3.0000000000000004.
+        return (self.error_rate > 0 and served > 0
+                and math.ceil(round(served * self.error_rate, 9)) > math.ceil(round((served - 1) * self.error_rate, 9)))
 
     @property
     def active(self) -> bool:
