@@ -73,9 +73,11 @@ def main() -> None:
     rows: list[str] = []
     for service in ("asr", "tts", "llm"):
         ref = f"127.0.0.1:5000/xlerobot/{service}:{VERSION}"
-        rows.append(f"{service:<11} image {image_size_mb(ref):7.1f} MB   docker run -> ready {start_to_ready(ref):5.2f} s")
+        size, ready = image_size_mb(ref), start_to_ready(ref)
+        rows.append(f"{service:<11} image {size:7.1f} MB   docker run -> ready {ready:5.2f} s")
 
-    clip = speak("Please turn on the kitchen lights and set the alarm for seven", REPO / ".cache" / "bench").read_bytes()
+    utterance = "Please turn on the kitchen lights and set the alarm for seven"  # about 3.5 s of speech
+    clip = speak(utterance, REPO / ".cache" / "bench").read_bytes()
     subprocess.run(["rm", "-rf", str(REPO / ".run" / "bench")], check=True)
     try:
         playbook("gateway.yml")
