@@ -47,3 +47,5 @@ teardown: venv
 bench: bootstrap
 	python bench/skeleton.py
 	python bench/strategies.py
+	python bench/services.py
+	python bench/golden_wer.py

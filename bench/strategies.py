@@ -47,16 +47,23 @@ def playbook(name: str, *extra: str) -> float:
 
 
 def under_load(gateway: str, clip: Path, action: Callable[[], float]) -> tuple[float, int, int]:
-    """Run `action` while clients call ASR and TTS through `gateway`: (seconds, requests, failed requests)."""
-    asr = LoadGenerator(f"{gateway}/v1/audio/transcriptions", clip, concurrency=1)
-    tts = LoadGenerator(f"{gateway}/v1/audio/speech", json_body={"input": "The kitchen lights are on."},
-                        concurrency=1)
-    with asr, tts:
+    """Run `action` while clients call every service through `gateway`: (seconds, requests, failed requests)."""
+    clients = [
+        LoadGenerator(f"{gateway}/v1/audio/transcriptions", clip, concurrency=1),
+        LoadGenerator(f"{gateway}/v1/audio/speech", json_body={"input": "The kitchen lights are on."}, concurrency=1),
+        LoadGenerator(f"{gateway}/v1/chat/completions", concurrency=1, json_body={
+            "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}),
+    ]
+    for client in clients:
+        client.start()
+    try:
         time.sleep(2)
         seconds = action()
         time.sleep(2)
-    outcomes = asr.outcomes + tts.outcomes
-    return seconds, len(outcomes), len(asr.failures) + len(tts.failures)
+    finally:
+        for client in clients:
+            client.stop()
+    return seconds, sum(len(c.outcomes) for c in clients), sum(len(c.failures) for c in clients)
 
 
 def last_events(run_dir: Path, count: int) -> list[dict]:
@@ -112,7 +119,8 @@ def main() -> None:
                  {"setWeight": 100}]
         overrides = {"xlerobot_services_overrides": {
             "asr": {"ports": {"blue": 28101, "green": 28102}, "canary": {"steps": steps}},
-            "tts": {"ports": {"blue": 28111, "green": 28112}, "canary": {"steps": steps}}}}
+            "tts": {"ports": {"blue": 28111, "green": 28112}, "canary": {"steps": steps}},
+            "llm": {"ports": {"blue": 28121, "green": 28122}, "canary": {"steps": steps}}}}
         seconds, sent, failed = under_load(gateway, clip, lambda: playbook(
             "deploy.yml", "-e", "strategy=canary", "-e", f"version={V2}", "-e", json.dumps(overrides)))
         figures["canary_all_s"], figures["canary_requests"], figures["canary_failed"] = round(seconds, 1), sent, failed

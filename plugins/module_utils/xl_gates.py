@@ -20,7 +20,7 @@ import wave
 from collections.abc import Callable
 from typing import Any
 
-GATE_TYPES = ("liveness", "readiness", "transcription", "speech")
+GATE_TYPES = ("liveness", "readiness", "transcription", "speech", "chat")
 
 
 class GateSpecError(ValueError):
@@ -118,6 +118,12 @@ def validate_gates(gates: list[dict[str, Any]]) -> None:
             if not gate.get("readback_url"):
                 raise GateSpecError(f"gates[{index}] ({kind}) needs 'readback_url', a transcription endpoint "
                                     "that reads the speech back")
+        if kind == "chat":
+            if not gate.get("prompt"):
+                raise GateSpecError(f"gates[{index}] ({kind}) needs 'prompt'")
+            max_tokens = gate.get("max_tokens", 16)
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 512:
+                raise GateSpecError(f"gates[{index}].max_tokens must be an integer 1..512, got {max_tokens!r}")
         if kind in ("transcription", "speech"):
             max_wer = gate.get("max_wer", 0.2)
             if not isinstance(max_wer, (int, float)) or not 0 <= max_wer <= 1:
@@ -228,6 +234,34 @@ def _speech(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _chat(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """Ask the new instance one question; it must answer in the chat-completion shape with a non-empty reply.
+
+    A small model's answer is judged only for shape and presence, not for being right."""
+    request = json.dumps({"messages": [{"role": "user", "content": gate["prompt"]}],
+                          "max_tokens": int(gate.get("max_tokens", 16)), "temperature": 0}).encode()
+    started = time.monotonic()
+    status, answer = http_request(f"{base_url}{gate.get('path', '/v1/chat/completions')}",
+                                  timeout=float(gate.get("timeout", 60)), data=request,
+                                  headers={"Content-Type": "application/json"})
+    seconds = round(time.monotonic() - started, 3)
+    if status != 200:
+        return {"passed": False, "seconds": seconds, "measured": f"HTTP {status or 'no answer'}",
+                "why": f"chat request failed with {status or 'no answer'}: {answer.strip()[:160]}"}
+    try:
+        reply = json.loads(answer)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {"passed": False, "seconds": seconds, "measured": "unparseable answer",
+                "why": f"answer is not a chat completion: {answer.strip()[:160]}"}
+    if not isinstance(reply, str) or not reply.strip():
+        return {"passed": False, "seconds": seconds, "measured": "empty reply", "threshold": "non-empty",
+                "why": f"the reply to {gate['prompt']!r} is empty"}
+    words = len(reply.split())
+    return {"passed": True, "seconds": seconds, "measured": f"{words} word{'' if words == 1 else 's'}",
+            "threshold": "non-empty",
+            "reply": reply[:200]}
+
+
 def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
     """Run gates in order and stop at the first that fails; every result carries its name and type."""
@@ -242,6 +276,8 @@ def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], fl
                                float(gate.get("interval", 0.5)), clock, sleep)
         elif kind == "speech":
             outcome = _speech(base_url, gate)
+        elif kind == "chat":
+            outcome = _chat(base_url, gate)
         else:
             outcome = _transcription(base_url, gate)
         results.append({"name": name, "type": kind, **outcome})

@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 module: speech_gate
 short_description: Run deploy gates against one speech service instance
 description:
-  - Runs an ordered list of gates (liveness, readiness, synthetic transcription, synthetic speech) against
+  - Runs an ordered list of gates (liveness, readiness, synthetic transcription, synthetic speech, chat) against
     one instance and stops at the first that fails.
   - Every gate is reported with its measured value and threshold; a failure names the gate, the service
     and why.
@@ -32,6 +32,8 @@ options:
       - V(speech) gates (speech synthesis) need C(text) and C(readback_url), a transcription endpoint that
         reads the spoken audio back. The audio must be WAV of a plausible length (C(min_seconds),
         C(max_seconds); by default 0.15 to 1 s a word plus 1 s) and read back within C(max_wer).
+      - V(chat) gates (language model) need C(prompt); the answer must be a chat completion with a non-empty
+        reply (C(max_tokens), default 16).
     type: list
     elements: dict
     required: true

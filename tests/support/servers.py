@@ -36,7 +36,8 @@ class FakeInstance:
     """An HTTP server whose /healthz, /readyz, transcription and speech answers the test controls.
 
     A speech request (/v1/audio/speech) answers `speech_seconds` of silent 16 kHz WAV, or `speech_body`
-    when that is set; any other POST is a transcription answering `transcript`.
+    when that is set; a chat request (/v1/chat/completions) answers `chat_answer` with `chat_status`; any
+    other POST is a transcription answering `transcript`.
     """
 
     def __init__(self) -> None:
@@ -47,6 +48,10 @@ class FakeInstance:
         self.speech_seconds = 2.0
         self.speech_body: bytes | None = None
         self.spoken: list[dict[str, Any]] = []
+        self.chat_status = 200
+        self.chat_answer: Any = {"object": "chat.completion",
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}
+        self.asked: list[dict[str, Any]] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,6 +85,10 @@ class FakeInstance:
                     self.send_header("Content-Length", str(len(audio)))
                     self.end_headers()
                     self.wfile.write(audio)
+                    return
+                if self.path == "/v1/chat/completions":
+                    owner.asked.append(json.loads(body))
+                    self._send(owner.chat_status, owner.chat_answer)
                     return
                 self._send(owner.transcription_status, {"text": owner.transcript})
 

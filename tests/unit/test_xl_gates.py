@@ -37,6 +37,8 @@ def test_corpus_word_error_rate_weighs_by_reference_length() -> None:
     ([{"type": "transcription", "audio": "/x.wav", "text": "hi", "max_wer": 2}], "max_wer must be a number 0..1"),
     ([{"type": "speech", "readback_url": "http://127.0.0.1:1/t"}], r"gates\[0\] \(speech\) needs 'text'"),
     ([{"type": "speech", "text": "hello"}], "needs 'readback_url'"),
+    ([{"type": "chat"}], r"gates\[0\] \(chat\) needs 'prompt'"),
+    ([{"type": "chat", "prompt": "hi", "max_tokens": 0}], r"max_tokens must be an integer 1..512"),
     ([{"type": "speech", "text": "hi", "readback_url": "http://x/t", "max_wer": -1}], "max_wer must be a number"),
 ])
 def test_bad_gate_specs_are_named(spec: list[dict[str, object]], message: str) -> None:
@@ -160,3 +162,20 @@ def test_speech_gate_names_an_answer_that_is_not_audio_and_a_dead_read_back() ->
                                                "readback_url": f"http://127.0.0.1:{free_port()}/t"}])
     assert not_audio[0]["measured"] == "not WAV" and "not a WAV file" in not_audio[0]["why"]
     assert no_reader[0]["measured"] == "no read-back" and "failed with no answer" in no_reader[0]["why"]
+
+
+def test_chat_gate_asks_once_and_wants_a_non_empty_reply() -> None:
+    with FakeInstance() as llm:
+        passed = gates.run_gates(llm.url, [{"name": "answer", "type": "chat", "prompt": "Capital of France?"}])
+        llm.chat_answer = {"choices": [{"message": {"role": "assistant", "content": "  "}}]}
+        empty = gates.run_gates(llm.url, [{"type": "chat", "prompt": "Capital of France?"}])
+        llm.chat_answer = {"text": "Paris"}
+        shapeless = gates.run_gates(llm.url, [{"type": "chat", "prompt": "Capital of France?"}])
+        llm.chat_status = 503
+        down = gates.run_gates(llm.url, [{"type": "chat", "prompt": "Capital of France?"}])
+    assert llm.asked[0] == {"messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 16,
+                            "temperature": 0}
+    assert passed[0]["passed"] and passed[0]["measured"] == "1 word" and passed[0]["reply"] == "Paris."
+    assert not empty[0]["passed"] and "the reply to 'Capital of France?' is empty" in empty[0]["why"]
+    assert not shapeless[0]["passed"] and "is not a chat completion" in shapeless[0]["why"]
+    assert not down[0]["passed"] and "chat request failed with 503" in down[0]["why"]
