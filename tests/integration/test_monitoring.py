@@ -11,16 +11,17 @@ import requests
 
 from tests.integration.conftest import GOOD, REPO, playbook, served_by
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env", "live_asr")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env", "live_services")]
 
 PROMETHEUS = "http://127.0.0.1:19090"
 DASHBOARD = REPO / "roles" / "monitoring" / "files" / "dashboards" / "xlerobot-services.json"
 
 
 @pytest.fixture(scope="module")
-def live_asr() -> None:
-    """A live ASR release to scrape (a no-op when the blue-green scenario already left one)."""
-    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}")
+def live_services() -> None:
+    """A live release of every service to scrape (a no-op for those an earlier scenario left live): a backend
+    with no server up rightly raises XlServiceWithoutCapacity."""
+    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr,tts,llm")
     assert run.returncode == 0, run.output[-4000:]
 
 
