@@ -23,8 +23,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins" / "module_utils")]
 
-from bench.skeleton import image_size_mb, start_to_ready  # noqa: E402
-from bench.strategies import playbook  # noqa: E402
+from bench.skeleton import image_size_mb, playbook, start_to_ready  # noqa: E402
 from tests.support.audio import speak  # noqa: E402
 from tests.support.loadgen import percentile  # noqa: E402
 

@@ -24,26 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins" / "module_utils")]
 
+from bench.skeleton import playbook  # noqa: E402
 from tests.support.audio import speak  # noqa: E402
 from tests.support.loadgen import LoadGenerator  # noqa: E402
 
-ENV_FILE = REPO / "bench" / "env-bench.yml"
 FLEET = ["-i", str(REPO / "inventories" / "local-fleet" / "hosts.yml"), "-e", "@" + str(REPO / "bench" /
                                                                                         "env-bench-fleet.yml")]
 V1, V2 = "1.0.0", "1.1.0"
 CLIP_TEXT = "Please turn on the kitchen lights and set the alarm for seven"
-
-
-def playbook(name: str, *extra: str) -> float:
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-           "PATH": f"{bin_dir}:{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"}
-    started = time.perf_counter()
-    done = subprocess.run([str(bin_dir / "ansible-playbook"), f"playbooks/{name}", "-e", f"@{ENV_FILE}", *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{name} {' '.join(extra)} failed:\n{done.stdout[-3000:]}")
-    return time.perf_counter() - started
 
 
 def under_load(gateway: str, clip: Path, action: Callable[[], float]) -> tuple[float, int, int]:
