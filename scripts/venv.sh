@@ -37,5 +37,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   echo "venv: installing pinned packages into $venv" >&2
   "$venv/bin/python" -m pip install --quiet -r requirements.txt -c constraints.txt "${built_wheels[@]}"
+  # Installed as pinned, without the resolver: rapidocr declares opencv-python (needs libGL), and its lock
+  # carries opencv-python-headless instead (see the file's header).
+  "$venv/bin/python" -m pip install --quiet --no-deps -r services/multimodal/requirements.lock
   echo "$want" > "$stamp"
 fi

@@ -9,6 +9,8 @@ the checks run on the host that runs the instance.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import re
@@ -20,7 +22,7 @@ import wave
 from collections.abc import Callable
 from typing import Any
 
-GATE_TYPES = ("liveness", "readiness", "transcription", "speech", "chat")
+GATE_TYPES = ("liveness", "readiness", "transcription", "speech", "chat", "interaction")
 
 
 class GateSpecError(ValueError):
@@ -118,13 +120,18 @@ def validate_gates(gates: list[dict[str, Any]]) -> None:
             if not gate.get("readback_url"):
                 raise GateSpecError(f"gates[{index}] ({kind}) needs 'readback_url', a transcription endpoint "
                                     "that reads the speech back")
+        if kind == "interaction":
+            for key, why in (("audio", "the spoken question (a WAV file)"), ("text", "the question's words"),
+                             ("readback_url", "a transcription endpoint that reads the reply back")):
+                if not gate.get(key):
+                    raise GateSpecError(f"gates[{index}] ({kind}) needs '{key}', {why}")
         if kind == "chat":
             if not gate.get("prompt"):
                 raise GateSpecError(f"gates[{index}] ({kind}) needs 'prompt'")
             max_tokens = gate.get("max_tokens", 16)
             if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 512:
                 raise GateSpecError(f"gates[{index}].max_tokens must be an integer 1..512, got {max_tokens!r}")
-        if kind in ("transcription", "speech"):
+        if kind in ("transcription", "speech", "interaction"):
             max_wer = gate.get("max_wer", 0.2)
             if not isinstance(max_wer, (int, float)) or not 0 <= max_wer <= 1:
                 raise GateSpecError(f"gates[{index}].max_wer must be a number 0..1, got {max_wer!r}")
@@ -262,6 +269,56 @@ def _chat(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
             "reply": reply[:200]}
 
 
+def _interaction(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """Voice in, voice out: send the spoken question, then check that the instance heard it (transcript within
+    the threshold), answered (a non-empty reply), and spoke that answer (its audio read back by the live speech
+    recognition within the threshold)."""
+    with open(gate["audio"], "rb") as handle:
+        question = handle.read()
+    body, content_type = multipart_body({}, "audio", "question.wav", question)
+    timeout = float(gate.get("timeout", 120))
+    max_wer = float(gate.get("max_wer", 0.5))
+    started = time.monotonic()
+    status, answer = http_request(f"{base_url}{gate.get('path', '/v1/interact')}", timeout=timeout, data=body,
+                                  headers={"Content-Type": content_type})
+    seconds = round(time.monotonic() - started, 3)
+    if status != 200:
+        return {"passed": False, "seconds": seconds, "measured": f"HTTP {status or 'no answer'}",
+                "why": f"interaction request failed with {status or 'no answer'}: {answer.strip()[:200]}"}
+    try:
+        result = json.loads(answer)
+        transcript, reply = str(result["transcript"]), str(result["reply"])
+        audio = base64.b64decode(result["audio"]["base64"], validate=True)
+        timings = result.get("timings", {})
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return {"passed": False, "seconds": seconds, "measured": "unparseable answer",
+                "why": f"answer is not an interaction result: {answer.strip()[:160]}"}
+    heard_wer = word_error_rate(gate["text"], transcript)
+    if heard_wer > max_wer:
+        return {"passed": False, "seconds": seconds, "measured": round(heard_wer, 3), "threshold": max_wer,
+                "why": f"the question was heard with word error rate {heard_wer:.2f} > {max_wer:.2f} "
+                       f"(asked {gate['text']!r}, heard {transcript!r})"}
+    if not reply.strip():
+        return {"passed": False, "seconds": seconds, "measured": "empty reply", "threshold": "non-empty",
+                "why": "the reply text is empty"}
+    try:
+        audio_seconds = wav_seconds(audio)
+    except ValueError as exc:
+        return {"passed": False, "seconds": seconds, "measured": "not WAV", "why": f"the reply audio is {exc}"}
+    readback, why = _readback(gate["readback_url"], audio, timeout)
+    elapsed = round(time.monotonic() - started, 3)
+    if readback is None:
+        return {"passed": False, "seconds": elapsed, "measured": "no read-back", "why": why}
+    wer = word_error_rate(reply, readback)
+    outcome = {"passed": wer <= max_wer, "seconds": elapsed, "measured": round(wer, 3), "threshold": max_wer,
+               "transcript": transcript, "reply": reply[:200], "audio_seconds": round(audio_seconds, 2),
+               "stage_seconds": timings}
+    if not outcome["passed"]:
+        outcome["why"] = (f"the reply audio was read back with word error rate {wer:.2f} > {max_wer:.2f} "
+                          f"(replied {reply[:120]!r}, said {readback[:120]!r})")
+    return outcome
+
+
 def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
     """Run gates in order and stop at the first that fails; every result carries its name and type."""
@@ -278,6 +335,8 @@ def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], fl
             outcome = _speech(base_url, gate)
         elif kind == "chat":
             outcome = _chat(base_url, gate)
+        elif kind == "interaction":
+            outcome = _interaction(base_url, gate)
         else:
             outcome = _transcription(base_url, gate)
         results.append({"name": name, "type": kind, **outcome})

@@ -9,8 +9,8 @@ DOCUMENTATION = r"""
 module: speech_gate
 short_description: Run deploy gates against one speech service instance
 description:
-  - Runs an ordered list of gates (liveness, readiness, synthetic transcription, synthetic speech, chat) against
-    one instance and stops at the first that fails.
+  - Runs an ordered list of gates (liveness, readiness, synthetic transcription, synthetic speech, chat,
+    voice-to-voice interaction) against one instance and stops at the first that fails.
   - Every gate is reported with its measured value and threshold; a failure names the gate, the service
     and why.
   - Gates only read from the instance, so the module never reports a change.
@@ -34,6 +34,9 @@ options:
         C(max_seconds); by default 0.15 to 1 s a word plus 1 s) and read back within C(max_wer).
       - V(chat) gates (language model) need C(prompt); the answer must be a chat completion with a non-empty
         reply (C(max_tokens), default 16).
+      - V(interaction) gates (voice to voice) need C(audio) (the spoken question, a WAV file on the target),
+        C(text) (its words) and C(readback_url); the instance must hear the question, reply, and speak that
+        reply, each within C(max_wer) (default 0.5).
     type: list
     elements: dict
     required: true

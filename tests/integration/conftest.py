@@ -77,9 +77,10 @@ def docker_names(prefix: str = "xlt-") -> set[str]:
 def images() -> dict[str, tuple[str, str]]:
     """Every version the scenarios deploy, built from the same service code (faults baked in as settings)."""
     # ERRORS passes its one-clip smoke gate and then fails 30 % of real traffic, for canary analysis to catch.
-    # GARBLED speech recognition mishears and GARBLED speech synthesis says other words than asked.
-    builds = {GOOD: ("", "asr,tts,llm"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
-              GARBLED: ("garble", "asr,tts"), ERRORS: ("error_rate=0.3,errors_after=1", "asr")}
+    # GARBLED speech recognition mishears, GARBLED speech synthesis says other words than asked, and a GARBLED
+    # multimodal service speaks other words than its reply.
+    builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
+              GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr")}
     for version, (fault, services) in builds.items():
         # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
         force = ("-e", "force=true") if fault else ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import math
@@ -36,8 +37,9 @@ class FakeInstance:
     """An HTTP server whose /healthz, /readyz, transcription and speech answers the test controls.
 
     A speech request (/v1/audio/speech) answers `speech_seconds` of silent 16 kHz WAV, or `speech_body`
-    when that is set; a chat request (/v1/chat/completions) answers `chat_answer` with `chat_status`; any
-    other POST is a transcription answering `transcript`.
+    when that is set; a chat request (/v1/chat/completions) answers `chat_answer` with `chat_status`; an
+    interaction (/v1/interact) answers `interaction_answer` (its audio: `speech_seconds` of silent WAV) with
+    `interaction_status`; any other POST is a transcription answering `transcript`.
     """
 
     def __init__(self) -> None:
@@ -52,6 +54,11 @@ class FakeInstance:
         self.chat_answer: Any = {"object": "chat.completion",
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}
         self.asked: list[dict[str, Any]] = []
+        self.interaction_status = 200
+        self.interaction_answer: dict[str, Any] = {
+            "transcript": "can you turn on the kitchen lights please", "reply": "The kitchen lights are on.",
+            "timings": {"asr": 0.5, "llm": 0.4, "tts": 0.2, "total": 1.1}}
+        self.interactions = 0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -85,6 +92,12 @@ class FakeInstance:
                     self.send_header("Content-Length", str(len(audio)))
                     self.end_headers()
                     self.wfile.write(audio)
+                    return
+                if self.path == "/v1/interact":
+                    owner.interactions += 1
+                    encoded = base64.b64encode(silent_wav(owner.speech_seconds)).decode()
+                    answer = {"audio": {"format": "wav", "base64": encoded}, **owner.interaction_answer}
+                    self._send(owner.interaction_status, answer)
                     return
                 if self.path == "/v1/chat/completions":
                     owner.asked.append(json.loads(body))

@@ -179,3 +179,50 @@ def test_chat_gate_asks_once_and_wants_a_non_empty_reply() -> None:
     assert not empty[0]["passed"] and "the reply to 'Capital of France?' is empty" in empty[0]["why"]
     assert not shapeless[0]["passed"] and "is not a chat completion" in shapeless[0]["why"]
     assert not down[0]["passed"] and "chat request failed with 503" in down[0]["why"]
+
+
+QUESTION = "Can you turn on the kitchen lights please"
+
+
+def _interaction_gate(tmp_path, readback_url: str, **extra: object) -> dict:
+    clip = tmp_path / "question.wav"
+    clip.write_bytes(b"RIFF-question")
+    return {"name": "voice", "type": "interaction", "text": QUESTION, "audio": str(clip),
+            "readback_url": readback_url, **extra}
+
+
+def test_interaction_gate_hears_the_question_and_reads_the_spoken_reply_back(tmp_path) -> None:
+    with FakeInstance() as multimodal, FakeInstance() as asr:
+        asr.transcript = "the kitchen lights are on"
+        results = gates.run_gates(multimodal.url, [_interaction_gate(tmp_path, f"{asr.url}/v1/audio/transcriptions")])
+    assert multimodal.interactions == 1
+    assert results[0]["passed"] is True, results
+    assert results[0]["measured"] == 0.0 and results[0]["threshold"] == 0.5
+    assert results[0]["reply"] == "The kitchen lights are on." and results[0]["stage_seconds"]["total"] == 1.1
+
+
+def test_interaction_gate_names_each_way_to_fail(tmp_path) -> None:
+    with FakeInstance() as multimodal, FakeInstance() as asr:
+        gate = _interaction_gate(tmp_path, f"{asr.url}/v1/audio/transcriptions")
+        asr.transcript = "bananas are yellow and the moon is cheese"
+        garbled = gates.run_gates(multimodal.url, [gate])
+        asr.transcript = "the kitchen lights are on"
+        multimodal.interaction_answer = {**multimodal.interaction_answer, "transcript": "what time is it"}
+        misheard = gates.run_gates(multimodal.url, [gate])
+        multimodal.interaction_answer = {**multimodal.interaction_answer, "transcript": QUESTION, "reply": " "}
+        silent = gates.run_gates(multimodal.url, [gate])
+        multimodal.interaction_status = 503
+        down = gates.run_gates(multimodal.url, [gate])
+    assert not garbled[0]["passed"] and "read back with word error rate 1.60 > 0.50" in garbled[0]["why"]
+    assert "said 'bananas are yellow" in garbled[0]["why"]
+    assert not misheard[0]["passed"] and "heard 'what time is it'" in misheard[0]["why"]
+    assert not silent[0]["passed"] and silent[0]["why"] == "the reply text is empty"
+    assert not down[0]["passed"] and "interaction request failed with 503" in down[0]["why"]
+
+
+@pytest.mark.parametrize("missing", ["audio", "text", "readback_url"])
+def test_interaction_gate_needs_its_clip_text_and_read_back(tmp_path, missing: str) -> None:
+    gate = _interaction_gate(tmp_path, "http://127.0.0.1:9/t")
+    del gate[missing]
+    with pytest.raises(gates.GateSpecError, match=f"needs '{missing}'"):
+        gates.validate_gates([gate])

@@ -1,0 +1,1 @@
+"""XleRobot multimodal service: voice (and optionally an image) in, voice out, through ASR -> LLM -> TTS."""
