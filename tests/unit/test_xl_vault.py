@@ -6,6 +6,8 @@ module (tests/support/openbao.py); the sealed test starts its own, since sealing
 
 from __future__ import annotations
 
+import base64
+import datetime
 import hashlib
 import http.server
 import json
@@ -24,6 +26,10 @@ from typing import Any
 import hvac
 import pytest
 import xl_vault as xv
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.support import ansible_cli
 from tests.support.openbao import OpenBaoDevServer, closed_port
@@ -34,7 +40,6 @@ MOUNT = "secret"
 READ_POLICY = 'path "secret/data/xlerobot/*" { capabilities = ["read"] }\n' \
               'path "secret/metadata/xlerobot/*" { capabilities = ["read"] }'
 NARROW_POLICY = 'path "secret/data/other/*" { capabilities = ["read"] }'
-ISSUED = secrets.token_hex(12)  # the token the stub kubernetes login hands out
 
 
 def value() -> str:
@@ -202,49 +207,95 @@ def test_approle_with_a_wrong_secret_id_is_refused(bao: OpenBaoDevServer, approl
     assert_no_values(str(exc), wrong, approle["secret_id"])
 
 
-class _FakeKubernetesLogin(http.server.BaseHTTPRequestHandler):
-    """Answers Vault's kubernetes login route like a server would and records the request."""
+class _TokenReviewStub(http.server.BaseHTTPRequestHandler):
+    """The one Kubernetes API call Vault's kubernetes auth makes: a TokenReview that accepts `ACCOUNT`."""
 
-    requests: list[dict[str, Any]] = []
+    reviews: list[dict[str, Any]] = []
 
     def log_message(self, *args: Any) -> None:
         return
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "body": body, "token": self.headers.get("X-Vault-Token")})
-        answer = json.dumps({"auth": {"client_token": ISSUED, "policies": ["xl-read"],
-                                      "lease_duration": 300, "renewable": True}}).encode()
-        self.send_response(200)
+        type(self).reviews.append({"path": self.path, "authorization": self.headers.get("Authorization"),
+                                   "token": body.get("spec", {}).get("token")})
+        answer = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": {
+            "authenticated": True, "user": {"username": f"system:serviceaccount:{K8S_NAMESPACE}:{K8S_ACCOUNT}",
+                                            "uid": K8S_UID, "groups": []}}}).encode()
+        self.send_response(201)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
 
 
-def test_kubernetes_login_request_shape(tmp_path: Path) -> None:
-    """A real cluster's TokenReview is out of reach here, so a stub server checks what the login sends."""
-    _FakeKubernetesLogin.requests = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubernetesLogin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+K8S_NAMESPACE, K8S_ACCOUNT, K8S_UID = "xlerobot", "xl-deploy", "0c0ffee0-uid"
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _service_account_jwt() -> str:
+    """A token shaped like a pod's; the stub TokenReview is what vouches for it, as the API server would."""
+    claims = {"iss": "kubernetes/serviceaccount", "sub": f"system:serviceaccount:{K8S_NAMESPACE}:{K8S_ACCOUNT}",
+              "kubernetes.io/serviceaccount/namespace": K8S_NAMESPACE,
+              "kubernetes.io/serviceaccount/service-account.name": K8S_ACCOUNT,
+              "kubernetes.io/serviceaccount/service-account.uid": K8S_UID}
+    return ".".join((_b64({"alg": "RS256", "kid": "stub"}), _b64(claims), _b64({"nonce": secrets.token_hex(16)})))
+
+
+def _ca_pem() -> str:
+    """Vault wants a CA for the Kubernetes API even over plain HTTP; any self-signed one does."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stub-kubernetes-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_kubernetes_login(bao: OpenBaoDevServer, root: Any, gateway: dict[str, Any], tmp_path: Path) -> None:
+    """Real kubernetes auth in OpenBao; only the cluster's TokenReview API is a stub on 127.0.0.1."""
+    _TokenReviewStub.reviews = []
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenReviewStub)
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
     try:
+        reviewer = secrets.token_hex(12)
+        root.sys.enable_auth_method("kubernetes", path="k8s-prod")
+        root.write_data("auth/k8s-prod/config", data={
+            "kubernetes_host": f"http://127.0.0.1:{api.server_address[1]}", "kubernetes_ca_cert": _ca_pem(),
+            "token_reviewer_jwt": reviewer, "disable_local_ca_jwt": True})
+        root.write_data("auth/k8s-prod/role/xl-deploy", data={
+            "bound_service_account_names": K8S_ACCOUNT, "bound_service_account_namespaces": K8S_NAMESPACE,
+            "token_policies": "xl-read", "token_ttl": "5m"})
+        root.write_data("auth/k8s-prod/role/elsewhere", data={
+            "bound_service_account_names": K8S_ACCOUNT, "bound_service_account_namespaces": "other",
+            "token_policies": "xl-read"})
+        jwt = _service_account_jwt()
         jwt_file = tmp_path / "token"
-        jwt = "eyJ." + secrets.token_urlsafe(40)
         jwt_file.write_text(jwt + "\n")
         jwt_file.chmod(0o600)
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        client = xv.login(url, xv.Auth(method="kubernetes", role="xl-deploy", jwt_file=str(jwt_file),
-                                       mount_point="k8s-prod"), timeout=5)
-        assert client.token == ISSUED
-        assert _FakeKubernetesLogin.requests == [
-            {"path": "/v1/auth/k8s-prod/login", "body": {"role": "xl-deploy", "jwt": jwt}, "token": None}]
+
+        client = xv.login(bao.url, xv.Auth(method="kubernetes", role="xl-deploy", jwt_file=str(jwt_file),
+                                           mount_point="k8s-prod"), timeout=5)
+        assert client.auth.token.lookup_self()["data"]["meta"]["service_account_name"] == K8S_ACCOUNT
+        assert xv.read_kv2(client, MOUNT, gateway["path"]).data == gateway["v2"]
+        assert _TokenReviewStub.reviews == [{"path": "/apis/authentication.k8s.io/v1/tokenreviews",
+                                             "authorization": f"Bearer {reviewer}", "token": jwt}]
+
+        exc = error_of(lambda: xv.login(bao.url, xv.Auth(method="kubernetes", role="elsewhere", jwt=jwt,
+                                                         mount_point="k8s-prod"), timeout=5))
+        assert exc.cause == "login_failed" and f"{bao.url} auth/k8s-prod: login refused" in str(exc)
+        assert_no_values(str(exc), jwt, reviewer)
         missing = str(tmp_path / "absent")
-        exc = error_of(lambda: xv.login(url, xv.Auth(method="kubernetes", role="r", jwt_file=missing)))
+        exc = error_of(lambda: xv.login(bao.url, xv.Auth(method="kubernetes", role="r", jwt_file=missing)))
         assert exc.cause == "login_failed" and missing in str(exc)
     finally:
-        server.shutdown()
-        server.server_close()
+        api.shutdown()
+        api.server_close()
 
 
 def test_auth_arguments_are_checked_before_any_request(bao: OpenBaoDevServer) -> None:
