@@ -27,6 +27,7 @@ TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
 GOOD, NEXT = "1.0.0", "1.1.0"
 NEVER_READY, GARBLED, ERRORS = "1.1.0-never-ready", "1.1.0-garbled", "1.1.0-errors"
+CRASHES, SLOW = "1.1.0-crashes", "1.1.0-slow"
 
 
 @dataclass
@@ -80,7 +81,8 @@ def images() -> dict[str, tuple[str, str]]:
     # GARBLED speech recognition mishears, GARBLED speech synthesis says other words than asked, and a GARBLED
     # multimodal service speaks other words than its reply.
     builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
-              GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr")}
+              GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr"),
+              CRASHES: ("crash_after_s=10", "asr"), SLOW: ("latency_ms=500", "asr")}
     for version, (fault, services) in builds.items():
         # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
         force = ("-e", "force=true") if fault else ()

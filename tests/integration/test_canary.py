@@ -18,12 +18,14 @@ import pytest
 import xl_haproxy
 
 from tests.integration.conftest import (
+    CRASHES,
     ENV_FILE,
     ERRORS,
     GOOD,
     NEXT,
     REPO,
     RUN_DIR,
+    SLOW,
     TRANSCRIBE,
     docker_names,
     playbook,
@@ -98,6 +100,50 @@ def test_a_failing_analysis_aborts_and_returns_all_traffic(golden_clips: dict[st
     assert "xlt-asr-blue" not in docker_names()
     event = _history()[-1]
     assert event["result"] == "aborted" and event["strategy"] == "canary"
+
+
+def test_a_canary_that_crashes_after_taking_traffic_is_caught_by_its_restart_count(
+        golden_clips: dict[str, Path]) -> None:
+    # 1.1.0 is live on green; the faulty version passes its gates and its process dies 10 s after its first
+    # transcription (Docker restarts it, and it dies again): its fresh counters look healthy, its restart
+    # count does not.
+    with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
+        time.sleep(2)
+        run = _canary(CRASHES)
+        finished = time.monotonic()
+        load.wait_for_answers_after(finished)
+    assert run.returncode != 0
+    assert "canary deploy of asr" in run.output and "crashed while taking traffic" in run.output, run.output[-4000:]
+    assert f"Traffic stays on green ({NEXT})" in run.output
+    # Requests lost in the crash are at most the canary's share; the stable colour lost none.
+    assert not [o for o in load.failures if o.served_by == f"asr/{NEXT}/green"], load.failures[:5]
+    assert len(load.failures) <= 0.25 * len(load.outcomes) + 1, (len(load.failures), len(load.outcomes))
+    after = [o.served_by for o in load.outcomes if o.started > finished]
+    assert after and set(after) == {f"asr/{NEXT}/green"}
+    assert "xlt-asr-blue" not in docker_names()
+    assert _history()[-1]["result"] == "aborted"
+
+
+def test_a_canary_500_ms_slower_is_aborted_on_p95_latency(golden_clips: dict[str, Path]) -> None:
+    # The analysis compares p95 latencies of both colours under the same load; the production default
+    # (baseline * 1.3 + 0.3) tolerates a slower model, this test asks for less than +0.3 s.
+    slower = {"window": "30s", "count": 2, "interval": 5, "metrics": [{
+        "name": "p95-latency", "failureLimit": 0, "successCondition": "result <= baseline + 0.3",
+        "query": 'histogram_quantile(0.95, sum by (le) (rate(xl_http_request_duration_seconds_bucket{'
+                 'service="$service",colour="$colour",endpoint=~"/v1/.*"}[$window])))'}]}
+    overrides = {"xlerobot_services_overrides": {"asr": {"ports": PORTS, "canary": {"steps": STEPS,
+                                                                                     "analysis": slower}}}}
+    with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
+        time.sleep(2)
+        run = playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={SLOW}", "-e", json.dumps(overrides))
+        finished = time.monotonic()
+        load.wait_for_answers_after(finished)
+    assert run.returncode != 0
+    assert "metric p95-latency failed" in run.output, run.output[-4000:]
+    assert f"Traffic stays on green ({NEXT})" in run.output
+    assert load.failures == [], load.failures[:5]
+    assert {o.served_by for o in load.outcomes if o.started > finished} == {f"asr/{NEXT}/green"}
+    assert _history()[-1]["result"] == "aborted"
 
 
 def test_freeze_leaves_a_failed_canary_in_place_and_rollback_restores_the_live_colour(

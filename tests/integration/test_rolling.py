@@ -121,9 +121,12 @@ def test_rolling_replaces_one_host_in_four_at_a_time_under_load(golden_clips: di
 
 def test_a_failing_host_beyond_max_fail_percentage_puts_every_updated_host_back(
         golden_clips: dict[str, Path]) -> None:
-    # 25 % may fail: node1 fails and goes back, node2 fails too (50 %) and the run aborts.
+    # 25 % may fail (the service's own rolling settings, from configuration): node1 fails and goes back, node2
+    # fails too (50 %) and the run aborts.
+    budget = {"xlerobot_services_overrides": {"asr": {"ports": {"blue": 18101, "green": 18102},
+                                                      "rolling": {"serial": 1, "max_fail_percentage": 25}}}}
     with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
-        run = _rolling(GARBLED, "-e", "rolling_max_fail_percentage=25")
+        run = _rolling(GARBLED, "-e", json.dumps(budget))
         time.sleep(2)
     assert run.returncode != 0
     assert "rolling deploy of asr" in run.output and "aborted at step 'batch 2/4 (node2)'" in run.output, \
