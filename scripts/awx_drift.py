@@ -22,6 +22,7 @@ and exits 1 when any is an error.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -46,6 +47,9 @@ MAGIC = frozenset({"groups", "hostvars", "inventory_hostname", "inventory_hostna
                    "ansible_playbook_python", "play_hosts", "lookup", "query", "q", "now", "range", "dict",
                    "undef", "namespace", "loop", "true", "false", "none", "True", "False", "None"})
 BOOL_CHOICES = ("true", "false")
+# AWX's survey spec: the question types it knows and the keys every question needs.
+QUESTION_TYPES = frozenset({"text", "textarea", "password", "integer", "float", "multiplechoice", "multiselect"})
+QUESTION_KEYS = ("question_name", "variable", "type", "required")
 
 
 @dataclass(frozen=True)
@@ -139,11 +143,18 @@ def _membership(tree: nodes.Template, task_vars: dict[str, Any]) -> Iterator[tup
 class _PlaybookReader:
     def __init__(self, repo: Path) -> None:
         self.repo = repo
+        # Files are read once per check: deploy.yml imports release.yml three times, every template a role.
+        self._files: dict[Path, Any] = {}
+
+    def _load(self, path: Path) -> Any:
+        if path not in self._files:
+            self._files[path] = load_yaml(path)
+        return copy.deepcopy(self._files[path])
 
     def read(self, playbook: Path, inputs: PlaybookInputs | None = None) -> PlaybookInputs:
         inputs = inputs if inputs is not None else PlaybookInputs()
         rel = playbook.relative_to(self.repo)
-        for play in load_yaml(playbook) or []:
+        for play in self._load(playbook) or []:
             imported = next((play[k] for k in IMPORT_PLAYBOOK if k in play), None)
             if imported is not None:
                 inputs.defined |= set(play.get("vars") or {})
@@ -189,7 +200,7 @@ class _PlaybookReader:
     def _role(self, name: str, entry: str, bound: dict[str, Any], inputs: PlaybookInputs) -> None:
         inputs.defined |= self._role_facts(name)
         path = self.repo / "roles" / name / "meta" / "argument_specs.yml"
-        specs = (load_yaml(path) or {}).get("argument_specs", {}) if path.is_file() else {}
+        specs = (self._load(path) or {}).get("argument_specs", {}) if path.is_file() else {}
         options = (specs.get(entry) or specs.get("main") or {}).get("options") or {}
         for option, spec in options.items():
             if option in bound:
@@ -212,7 +223,7 @@ class _PlaybookReader:
         """Facts and registered results a role's tasks set: results of the role, never inputs of a survey."""
         facts: set[str] = set()
         pending = [t for path in sorted((self.repo / "roles" / name / "tasks").glob("*.yml"))
-                   for t in load_yaml(path) or []]
+                   for t in self._load(path) or []]
         while pending:
             task = pending.pop()
             if "register" in task:
@@ -238,9 +249,9 @@ class _PlaybookReader:
                 inputs.add_domain(name, f"{where}: read as '| bool'", list(BOOL_CHOICES))
 
 
-def playbook_inputs(repo: Path, playbook: str) -> PlaybookInputs:
+def playbook_inputs(repo: Path, playbook: str, reader: _PlaybookReader | None = None) -> PlaybookInputs:
     """What `playbook` (a path inside `repo`) accepts, following its imports."""
-    return _PlaybookReader(repo).read((repo / playbook).resolve())
+    return (reader or _PlaybookReader(repo)).read((repo / playbook).resolve())
 
 
 def _schema_environments(repo: Path) -> list[str]:
@@ -281,8 +292,17 @@ def check_survey(repo: Path, template: str, survey: list[dict[str, Any]],
                  inputs: list[tuple[str, PlaybookInputs]]) -> list[Finding]:
     """Every question of `survey` against the playbooks that receive its answers (a workflow: all nodes')."""
     findings = []
+    variables = [question.get("variable") for question in survey]
+    for duplicate in sorted({v for v in variables if v and variables.count(v) > 1}):
+        findings.append(Finding(template, duplicate, "asked more than once in the survey"))
     for question in survey:
-        variable = question["variable"]
+        missing = [key for key in QUESTION_KEYS if key not in question]
+        if missing or question.get("type") not in QUESTION_TYPES:
+            types = ", ".join(sorted(QUESTION_TYPES))
+            findings.append(Finding(template, question.get("variable"), f"not a valid AWX survey question: missing "
+                                    f"{missing}, type {question.get('type')!r} (one of {types})"))
+            continue
+        variable = str(question["variable"])
         takers = [(name, found) for name, found in inputs if variable in found.accepted]
         if not takers:
             names = ", ".join(name for name, _ in inputs)
@@ -323,6 +343,7 @@ def check(repo: Path = REPO, objects: dict[str, Any] | None = None) -> list[Find
             findings.append(Finding(inventory["name"], None, f"inventory source {inventory['source_path']} does not "
                                     "exist (mark the inventory `pending: true` with a reason if it is planned)"))
     templates: dict[str, PlaybookInputs | None] = {}
+    reader = _PlaybookReader(repo)
     for template in data.get("awx_job_templates", []):
         name, playbook = template["name"], template["playbook"]
         templates[name] = None
@@ -335,7 +356,7 @@ def check(repo: Path = REPO, objects: dict[str, Any] | None = None) -> list[Find
             continue
         if template.get("inventory") not in inventories:
             findings.append(Finding(name, None, f"inventory {template.get('inventory')!r} is not defined"))
-        templates[name] = found = playbook_inputs(repo, playbook)
+        templates[name] = found = playbook_inputs(repo, playbook, reader)
         findings += check_survey(repo, name, template.get("survey", []), [(playbook, found)])
     for workflow in data.get("awx_workflow_templates", []):
         findings += _check_workflow(repo, workflow, templates, data.get("awx_job_templates", []))

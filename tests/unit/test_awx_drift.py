@@ -56,7 +56,8 @@ def test_every_template_of_the_issue_exists_with_its_survey(objects: dict[str, A
 
 def test_a_survey_variable_the_playbook_does_not_know_is_named(objects: dict[str, Any]) -> None:
     _template(objects, "xlerobot-deploy")["survey"].append(
-        {"question_name": "Colour", "variable": "colour", "type": "multiplechoice", "choices": ["blue", "green"]})
+        {"question_name": "Colour", "variable": "colour", "type": "multiplechoice", "required": True,
+         "choices": ["blue", "green"]})
     errors = _errors(check(REPO, objects))
     assert [(e.template, e.variable) for e in errors] == [("xlerobot-deploy", "colour")]
     assert "playbooks/deploy.yml" in errors[0].message and "'colour'" in errors[0].message
@@ -66,7 +67,7 @@ def test_a_survey_variable_the_playbook_does_not_know_is_named(objects: dict[str
 def test_a_variable_only_another_playbook_reads_is_refused(objects: dict[str, Any]) -> None:
     # rollback.yml reads to_version; validate.yml does not.
     _template(objects, "xlerobot-validate")["survey"].append(
-        {"question_name": "To", "variable": "to_version", "type": "text"})
+        {"question_name": "To", "variable": "to_version", "type": "text", "required": False})
     assert [(e.template, e.variable) for e in _errors(check(REPO, objects))] == [("xlerobot-validate", "to_version")]
 
 
@@ -109,6 +110,14 @@ def test_a_boolean_offers_true_and_false(objects: dict[str, Any]) -> None:
     assert any("option release_freeze (bool)" in e.message for e in errors)
 
 
+def test_a_malformed_or_repeated_question_is_refused(objects: dict[str, Any]) -> None:
+    survey = _template(objects, "xlerobot-deploy")["survey"]
+    survey.append({"question_name": "Version again", "variable": "version", "type": "string", "required": False})
+    errors = [(e.variable, e.message) for e in _errors(check(REPO, objects))]
+    assert ("version", "asked more than once in the survey") in errors
+    assert any(v == "version" and "type 'string'" in m for v, m in errors)
+
+
 def test_a_default_outside_the_choices_is_refused(objects: dict[str, Any]) -> None:
     _question(_template(objects, "xlerobot-deploy")["survey"], "strategy")["default"] = "shadow"
     errors = _errors(check(REPO, objects))
@@ -118,7 +127,8 @@ def test_a_default_outside_the_choices_is_refused(objects: dict[str, Any]) -> No
 
 def test_choices_nobody_states_cannot_pass_unchecked(objects: dict[str, Any]) -> None:
     _template(objects, "xlerobot-deploy")["survey"].append(
-        {"question_name": "Prefix", "variable": "xlerobot_prefix", "type": "multiplechoice", "choices": ["xl"]})
+        {"question_name": "Prefix", "variable": "xlerobot_prefix", "type": "multiplechoice", "required": True,
+         "choices": ["xl"]})
     errors = _errors(check(REPO, objects))
     assert [(e.template, e.variable) for e in errors] == [("xlerobot-deploy", "xlerobot_prefix")]
     assert "cannot be checked" in errors[0].message
@@ -146,7 +156,8 @@ def test_workflow_nodes_and_extra_data_are_checked(objects: dict[str, Any]) -> N
     nodes = {n["identifier"]: n for n in workflow["nodes"]}
     nodes["rollback"]["extra_data"] = {"restore_everything": True}
     nodes["deploy"]["failure"] = ["rollback", "page-someone"]
-    workflow["survey"] = [*workflow["survey"], {"question_name": "Colour", "variable": "colour", "type": "text"}]
+    workflow["survey"] = [*workflow["survey"], {"question_name": "Colour", "variable": "colour", "type": "text",
+                                                  "required": False}]
     errors = {(e.variable, e.message.split(":")[0]) for e in _errors(check(REPO, objects))}
     assert (None, "node deploy") in errors
     assert ("restore_everything", "node rollback passes 'restore_everything', which playbooks/rollback.yml does "
