@@ -75,8 +75,11 @@ def _run(playbook: str, artifacts: Path, ident: str, **extra: Any) -> ansible_ru
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("artifacts")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("artifacts")
+    yield path
+    # Each job's artifacts/command holds the whole environment it ran with: not kept past the test.
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
