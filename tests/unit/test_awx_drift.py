@@ -99,7 +99,7 @@ def test_service_choices_follow_the_catalogue(objects: dict[str, Any]) -> None:
     _question(_template(objects, "xlerobot-rollback")["survey"], "services")["choices"] = ["asr", "tts"]
     errors = _errors(check(REPO, objects))
     assert [(e.template, e.variable) for e in errors] == [("xlerobot-rollback", "services")]
-    assert "missing ['llm']" in errors[0].message
+    assert "missing ['llm', 'multimodal']" in errors[0].message
 
 
 def test_a_boolean_offers_true_and_false(objects: dict[str, Any]) -> None:
