@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).with_name("env-test.yml")
@@ -27,7 +28,7 @@ TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
 GOOD, NEXT = "1.0.0", "1.1.0"
 NEVER_READY, GARBLED, ERRORS = "1.1.0-never-ready", "1.1.0-garbled", "1.1.0-errors"
-CRASHES, SLOW = "1.1.0-crashes", "1.1.0-slow"
+CRASHES, SLOW, ERRORS_5 = "1.1.0-crashes", "1.1.0-slow", "1.1.0-errors-5"
 
 
 @dataclass
@@ -56,6 +57,15 @@ def playbook(name: str, *extra: str, test_env: bool = True, fleet: bool = False)
     return PlaybookRun(completed.returncode, completed.stdout + completed.stderr)
 
 
+def services_overrides(**extra: dict[str, Any]) -> dict[str, Any]:
+    """The test environment's service overrides (env-test.yml) with `extra` merged in per service: an `-e` that
+    sets xlerobot_services_overrides replaces the file's, and the gateway must keep every service's test ports."""
+    overrides = yaml.safe_load(ENV_FILE.read_text())["xlerobot_services_overrides"]
+    for service, settings in extra.items():
+        overrides[service] = {**overrides.get(service, {}), **settings}
+    return {"xlerobot_services_overrides": overrides}
+
+
 def served_by(count: int = 3, clip: Path | None = None) -> list[str]:
     """X-Served-By of `count` requests sent through the gateway now."""
     answers = []
@@ -82,7 +92,8 @@ def images() -> dict[str, tuple[str, str]]:
     # multimodal service speaks other words than its reply.
     builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
               GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr"),
-              CRASHES: ("crash_after_s=10", "asr"), SLOW: ("latency_ms=500", "asr")}
+              CRASHES: ("crash_after_s=10", "asr"), SLOW: ("latency_ms=500", "asr"),
+              ERRORS_5: ("error_rate=0.05,errors_after=1", "tts")}
     for version, (fault, services) in builds.items():
         # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
         force = ("-e", "force=true") if fault else ()

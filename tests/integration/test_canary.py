@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     docker_names,
     playbook,
     served_by,
+    services_overrides,
 )
 from tests.support.loadgen import LoadGenerator
 
@@ -40,12 +41,10 @@ GATE_TEXT = "Turn off the radio in the living room"
 STEPS = [{"setWeight": 25}, {"pause": {"duration": 10}}, {"analysis": {}}, {"setWeight": 60},
          {"pause": {"duration": 5}}, {"analysis": {}}, {"setWeight": 100}]
 ANALYSIS = {"window": "30s", "count": 2, "interval": 5}
-PORTS = {"blue": 18101, "green": 18102}
 
 
 def _canary(version: str, *extra: str):
-    overrides = {"xlerobot_services_overrides": {"asr": {"ports": PORTS, "canary": {"steps": STEPS,
-                                                                                     "analysis": ANALYSIS}}}}
+    overrides = services_overrides(asr={"canary": {"steps": STEPS, "analysis": ANALYSIS}})
     return playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={version}", "-e", json.dumps(overrides),
                     *extra)
 
@@ -131,8 +130,7 @@ def test_a_canary_500_ms_slower_is_aborted_on_p95_latency(golden_clips: dict[str
         "name": "p95-latency", "failureLimit": 0, "successCondition": "result <= baseline + 0.3",
         "query": 'histogram_quantile(0.95, sum by (le) (rate(xl_http_request_duration_seconds_bucket{'
                  'service="$service",colour="$colour",endpoint=~"/v1/.*"}[$window])))'}]}
-    overrides = {"xlerobot_services_overrides": {"asr": {"ports": PORTS, "canary": {"steps": STEPS,
-                                                                                     "analysis": slower}}}}
+    overrides = services_overrides(asr={"canary": {"steps": STEPS, "analysis": slower}})
     with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
         time.sleep(2)
         run = playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={SLOW}", "-e", json.dumps(overrides))

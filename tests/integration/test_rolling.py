@@ -17,7 +17,7 @@ import pytest
 import requests
 import xl_haproxy
 
-from tests.integration.conftest import GARBLED, GOOD, NEXT, REPO, docker_names, playbook
+from tests.integration.conftest import GARBLED, GOOD, NEXT, REPO, docker_names, playbook, services_overrides
 from tests.support.loadgen import LoadGenerator
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
@@ -123,8 +123,7 @@ def test_a_failing_host_beyond_max_fail_percentage_puts_every_updated_host_back(
         golden_clips: dict[str, Path]) -> None:
     # 25 % may fail (the service's own rolling settings, from configuration): node1 fails and goes back, node2
     # fails too (50 %) and the run aborts.
-    budget = {"xlerobot_services_overrides": {"asr": {"ports": {"blue": 18101, "green": 18102},
-                                                      "rolling": {"serial": 1, "max_fail_percentage": 25}}}}
+    budget = services_overrides(asr={"rolling": {"serial": 1, "max_fail_percentage": 25}})
     with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
         run = _rolling(GARBLED, "-e", json.dumps(budget))
         time.sleep(2)

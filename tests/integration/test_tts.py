@@ -15,7 +15,17 @@ import wave
 import pytest
 import requests
 
-from tests.integration.conftest import GARBLED, GATEWAY, GOOD, NEXT, RUN_DIR, docker_names, playbook
+from tests.integration.conftest import (
+    ERRORS_5,
+    GARBLED,
+    GATEWAY,
+    GOOD,
+    NEXT,
+    RUN_DIR,
+    docker_names,
+    playbook,
+    services_overrides,
+)
 from tests.support.loadgen import LoadGenerator
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
@@ -82,4 +92,29 @@ def test_a_voice_that_says_the_wrong_words_is_stopped_by_the_read_back_and_traff
     assert _speak()[0] == f"tts/{live['version']}/{live['colour']}"
     idle = "green" if live["colour"] == "blue" else "blue"
     assert f"xlt-tts-{idle}" not in docker_names()
+    assert _last_event("tts")["result"] == "aborted"
+
+
+def test_a_canary_failing_5_percent_of_requests_aborts_at_its_first_analysis_within_its_share() -> None:
+    # The default first step: 5 % of the traffic. The faulty voice fails exactly one request in twenty after its
+    # gate; the first analysis must catch it, and what users lost must stay within the canary's 5 %.
+    live = _last_event("tts")["to"]
+    steps = [{"setWeight": 5}, {"pause": {"duration": 20}}, {"analysis": {}}, {"setWeight": 20},
+             {"pause": {"duration": 5}}, {"analysis": {}}, {"setWeight": 100}]
+    overrides = services_overrides(tts={"canary": {"steps": steps, "analysis": {"window": "30s", "count": 2,
+                                                                                "interval": 5}}})
+    with LoadGenerator(SPEECH, json_body=REQUEST, concurrency=4) as load:
+        time.sleep(2)
+        run = playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={ERRORS_5}", "-e", "services=tts",
+                       "-e", json.dumps(overrides))
+        finished = time.monotonic()
+        load.wait_for_answers_after(finished)
+    assert run.returncode != 0
+    assert "aborted at step 'step 3" in run.output and "error-ratio" in run.output, run.output[-4000:]
+    assert f"Traffic stays on {live['colour']} ({live['version']})" in run.output
+    assert load.failures, "the faulty canary must have failed some requests"
+    assert {o.served_by for o in load.failures} == {f"tts/{ERRORS_5}/{'green' if live['colour'] == 'blue' else 'blue'}"}
+    assert len(load.failures) <= 0.05 * len(load.outcomes) + 1, (len(load.failures), len(load.outcomes))
+    after = {o.served_by for o in load.outcomes if o.started > finished}
+    assert after == {f"tts/{live['version']}/{live['colour']}"}
     assert _last_event("tts")["result"] == "aborted"
