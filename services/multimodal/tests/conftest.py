@@ -3,11 +3,9 @@ models, and the multimodal service in front of them with its real OCR models."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -15,21 +13,13 @@ import requests
 from tests.support import models
 from tests.support.service_process import ServiceProcess
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _llm_model() -> Path:
-    directory = models.assemble("llm", "assemble_gguf.py", "smollm2-135m-instruct")
-    manifest = json.loads((REPO / "services" / "llm" / "model.json").read_text())
-    return directory / next(name for name in manifest["files"] if name.endswith(".gguf"))
-
 
 @pytest.fixture(scope="session")
 def downstream() -> Iterator[dict[str, ServiceProcess]]:
     """ASR, LLM and TTS, each a real service process, started side by side."""
     started = {
         "asr": ServiceProcess("asr", "xl_asr", {"ASR_MODEL_DIR": str(models.whisper_base())}),
-        "llm": ServiceProcess("llm", "xl_llm", {"LLM_MODEL_PATH": str(_llm_model()), "LLM_CONTEXT": "1024",
+        "llm": ServiceProcess("llm", "xl_llm", {"LLM_MODEL_PATH": str(models.smollm2()), "LLM_CONTEXT": "1024",
                                                 "LLM_MAX_TOKENS": "48", "LLM_MAX_TOKENS_LIMIT": "256",
                                                 "LLM_THREADS": "1"}),
         "tts": ServiceProcess("tts", "xl_tts", {"TTS_VOICE_MODEL": str(models.piper_joe())}),
