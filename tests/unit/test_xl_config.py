@@ -266,7 +266,7 @@ def test_every_schema_violation_is_reported_at_once(tmp_path: Path, schema: dict
     assert (unknown.value, unknown.origin) == ("'xlerobot/asr'", env_file)
     enum = by_path[("services.asr.gates[1].type", "enum")]
     assert enum.value == "'smoke'"
-    assert enum.message == "must be one of 'liveness', 'readiness', 'transcription', 'speech', 'chat'"
+    assert enum.message == "must be one of 'liveness', 'readiness', 'transcription', 'speech', 'chat', 'interaction'"
     assert enum.origin == env_file  # a list is a leaf: the file that appended to it
     missing = by_path[("services.tts.image", "required")]
     assert (missing.message, missing.value, missing.origin) == ("required key 'image' is missing", "(missing)",
