@@ -63,6 +63,30 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class InvalidRequest(Exception):
+    """A request the service refuses, with the field to blame."""
+
+    def __init__(self, message: str, param: str, status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+async def read_json_body(request: Request, limit: int, param: str) -> bytes | JSONResponse:
+    """An application/json body of at most ``limit`` bytes, or the 400 or 413 that refuses it, blaming ``param``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return api_error(413, f"body of {declared} bytes exceeds the limit of {limit} bytes", param=param)
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return api_error(400, f"expected an application/json body, got {content_type or 'no content type'!r}",
+                         param=param)
+    body = await read_body(request, limit)
+    if body is None:
+        return api_error(413, f"body exceeds the limit of {limit} bytes", param=param)
+    return body
+
+
 async def acquire_slot(slots: asyncio.Semaphore, timeout_s: float, capacity: int, what: str,
                        busy: str | None = None) -> JSONResponse | None:
     """Wait for an inference slot; a 503 naming the wait when none frees up in time (the gateway retries it).

@@ -18,7 +18,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
-from xl_service.http import FaultDrill, Metrics, acquire_slot, api_error, engine_lifespan, install_probes, read_body
+from xl_service.http import (
+    FaultDrill,
+    InvalidRequest,
+    Metrics,
+    acquire_slot,
+    api_error,
+    engine_lifespan,
+    install_probes,
+    read_json_body,
+)
 
 from .engine import Delta, Engine, PromptTooLong, Sampling
 from .settings import Settings
@@ -28,15 +37,6 @@ log = logging.getLogger("xl_llm.http")
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 ROUTES = ("/v1/chat/completions", "/v1/models")
-
-
-class InvalidRequest(Exception):
-    """A request the service refuses, with the field to blame."""
-
-    def __init__(self, message: str, param: str, status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -224,17 +224,9 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
     async def chat_completions(request: Request) -> Response:
         if not engine.ready:
             return api_error(503, "model is not ready", kind="service_unavailable")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return api_error(413, f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes} bytes",
-                             param="messages")
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return api_error(400, f"expected an application/json body, got {content_type or 'no content type'!r}",
-                             param="messages")
-        body = await read_body(request, settings.max_body_bytes)
-        if body is None:
-            return api_error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes", param="messages")
+        body = await read_json_body(request, settings.max_body_bytes, "messages")
+        if isinstance(body, JSONResponse):
+            return body
         try:
             wanted = parse_chat_request(body, settings)
         except InvalidRequest as exc:

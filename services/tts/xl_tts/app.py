@@ -9,8 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from xl_service.http import FaultDrill, Metrics, acquire_slot, api_error, engine_lifespan, install_probes, read_body
+from xl_service.http import (
+    FaultDrill,
+    InvalidRequest,
+    Metrics,
+    acquire_slot,
+    api_error,
+    engine_lifespan,
+    install_probes,
+    read_json_body,
+)
 
 from .engine import Engine, Speech, SpeechError
 from .settings import Settings
@@ -21,15 +31,6 @@ RESPONSE_FORMATS = ("wav", "pcm")
 CONTENT_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 ROUTE = "/v1/audio/speech"
-
-
-class InvalidRequest(Exception):
-    """A request the service refuses, with the field to blame."""
-
-    def __init__(self, message: str, param: str, status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,9 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
     async def speech(request: Request) -> Response:
         if not engine.ready:
             return api_error(503, "voice is not ready", kind="service_unavailable")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return api_error(413, f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes} bytes",
-                             param="input")
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return api_error(400, f"expected an application/json body, got {content_type or 'no content type'!r}",
-                             param="input")
-        body = await read_body(request, settings.max_body_bytes)
-        if body is None:
-            return api_error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes", param="input")
+        body = await read_json_body(request, settings.max_body_bytes, "input")
+        if isinstance(body, JSONResponse):
+            return body
         try:
             wanted = parse_speech_request(body, settings)
         except InvalidRequest as exc:
