@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import models
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, launcher, running
 
 
 @pytest.fixture(scope="session")
@@ -23,23 +23,9 @@ def _server(model: Path, **env: str) -> ServiceProcess:
 
 @pytest.fixture(scope="session")
 def asr_server(model_dir: Path) -> Iterator[ServiceProcess]:
-    server = _server(model_dir, ASR_MAX_UPLOAD_BYTES="400000", ASR_MAX_AUDIO_SECONDS="8")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from running(_server(model_dir, ASR_MAX_UPLOAD_BYTES="400000", ASR_MAX_AUDIO_SECONDS="8"))
 
 
 @pytest.fixture()
 def start_server(model_dir: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def _start(**env: str) -> ServiceProcess:
-        server = _server(model_dir, **env)
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        server.stop()
+    yield from launcher(lambda **env: _server(model_dir, **env))

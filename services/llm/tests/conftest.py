@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.support import models
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, launcher, running
 
 # Small enough that a test can overflow it cheaply, large enough for every other test's prompt and answer.
 TEST_CONTEXT = 512
@@ -33,23 +33,9 @@ class Server(ServiceProcess):
 
 @pytest.fixture(scope="session")
 def llm_server(model_path: Path) -> Iterator[Server]:
-    server = Server(model_path, {"LLM_MAX_BODY_BYTES": "16384"})
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from running(Server(model_path, {"LLM_MAX_BODY_BYTES": "16384"}))
 
 
 @pytest.fixture()
 def start_server(model_path: Path) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def _start(**env: str) -> Server:
-        server = Server(model_path, env)
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        server.stop()
+    yield from launcher(lambda **env: Server(model_path, env))

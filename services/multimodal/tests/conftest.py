@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.support import models
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, launcher, running
 
 
 @pytest.fixture(scope="session")
@@ -47,28 +47,14 @@ def multimodal_env(**env: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def mm_server(stage_env: dict[str, str]) -> Iterator[ServiceProcess]:
-    server = ServiceProcess("multimodal", "xl_multimodal",
-                            multimodal_env(**stage_env, MM_MAX_AUDIO_BYTES="2000000",
-                                           MM_MAX_IMAGE_BYTES="300000", MM_MAX_IMAGE_PIXELS="1000000"))
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from running(ServiceProcess("multimodal", "xl_multimodal",
+                                      multimodal_env(**stage_env, MM_MAX_AUDIO_BYTES="2000000",
+                                                     MM_MAX_IMAGE_BYTES="300000", MM_MAX_IMAGE_PIXELS="1000000")))
 
 
 @pytest.fixture()
 def start_server() -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def _start(**env: str) -> ServiceProcess:
-        server = ServiceProcess("multimodal", "xl_multimodal", multimodal_env(**env))
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        server.stop()
+    yield from launcher(lambda **env: ServiceProcess("multimodal", "xl_multimodal", multimodal_env(**env)))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.support import models
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, launcher, running
 
 
 @pytest.fixture(scope="session")
@@ -47,23 +47,9 @@ class Server(ServiceProcess):
 
 @pytest.fixture(scope="session")
 def tts_server(voice_model: Path) -> Iterator[Server]:
-    server = Server(voice_model, {"TTS_MAX_INPUT_CHARS": "300", "TTS_MAX_BODY_BYTES": "4096"})
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from running(Server(voice_model, {"TTS_MAX_INPUT_CHARS": "300", "TTS_MAX_BODY_BYTES": "4096"}))
 
 
 @pytest.fixture()
 def start_server(voice_model: Path) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def _start(**env: str) -> Server:
-        server = Server(voice_model, env)
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        server.stop()
+    yield from launcher(lambda **env: Server(voice_model, env))
