@@ -8,13 +8,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / ".cache" / "service-logs"
 COMMON = REPO / "services" / "common"
+Server = TypeVar("Server", bound="ServiceProcess")
 
 
 def free_port() -> int:
@@ -36,7 +39,9 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port),
              "--graceful-timeout", str(graceful_timeout_s)],
-            cwd=service_dir, stdout=self.log, stderr=subprocess.STDOUT,
+            # Not the service folder: `python -m` puts its cwd first on sys.path, and there a build leaves its own
+            # copy of xl_service (the image's build context), which may be older than services/common.
+            cwd=COMMON, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": path, "XL_VERSION": "9.9.9-test", "XL_COLOUR": "green",
                  "XL_RELEASE": "r-test", **env},
         )
@@ -70,3 +75,27 @@ class ServiceProcess:
             self.process.wait(timeout=60)
         self.log.close()
         return self.process.returncode
+
+
+def running(server: Server) -> Iterator[Server]:
+    """For a fixture, ``yield from running(server)``: the server once it is ready, stopped afterwards."""
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def launcher(make: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """For a fixture, ``yield from launcher(make)``: a function that starts servers with ``make(**env)``, every one
+    of them stopped afterwards."""
+    started: list[Server] = []
+
+    def _start(**env: str) -> Server:
+        server = make(**env)
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()

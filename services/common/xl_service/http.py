@@ -63,12 +63,38 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def acquire_slot(slots: asyncio.Semaphore, timeout_s: float, capacity: int, what: str) -> JSONResponse | None:
-    """Wait for an inference slot; a 503 naming the wait when none frees up in time (the gateway retries it)."""
+class InvalidRequest(Exception):
+    """A request the service refuses, with the field to blame."""
+
+    def __init__(self, message: str, param: str, status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+async def read_json_body(request: Request, limit: int, param: str) -> bytes | JSONResponse:
+    """An application/json body of at most ``limit`` bytes, or the 400 or 413 that refuses it, blaming ``param``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return api_error(413, f"body of {declared} bytes exceeds the limit of {limit} bytes", param=param)
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return api_error(400, f"expected an application/json body, got {content_type or 'no content type'!r}",
+                         param=param)
+    body = await read_body(request, limit)
+    if body is None:
+        return api_error(413, f"body exceeds the limit of {limit} bytes", param=param)
+    return body
+
+
+async def acquire_slot(slots: asyncio.Semaphore, timeout_s: float, capacity: int, what: str,
+                       busy: str | None = None) -> JSONResponse | None:
+    """Wait for an inference slot; a 503 naming the wait when none frees up in time (the gateway retries it).
+    ``busy``, when given, is that 503's message instead of the one counting the slots."""
     try:
         await asyncio.wait_for(slots.acquire(), timeout=timeout_s)
     except TimeoutError:
-        return api_error(503, f"all {capacity} {what} slots stayed busy for {timeout_s:.0f} s",
+        return api_error(503, busy or f"all {capacity} {what} slots stayed busy for {timeout_s:.0f} s",
                          kind="service_unavailable")
     return None
 
@@ -139,9 +165,12 @@ def engine_lifespan(engine: Loadable, load_in_background: bool, log: logging.Log
 
 def install_probes(app: FastAPI, *, identity: Identity, metrics: Metrics, engine: Loadable, faults: Faults,
                    routes: Sequence[str], log: logging.Logger,
-                   details: Callable[[], dict[str, Any]] = dict, loading: str = "model loading") -> None:
-    """Add the request-observing middleware and the probes; ``details`` adds to /readyz and /version."""
+                   details: Callable[[], dict[str, Any]] = dict, loading: str = "model loading",
+                   version_details: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Add the request-observing middleware and the probes; ``details`` adds to /readyz and /version, or to
+    /readyz alone where ``version_details`` says what /version adds."""
     known = (*routes, *PROBES)
+    about = version_details or details
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -177,7 +206,7 @@ def install_probes(app: FastAPI, *, identity: Identity, metrics: Metrics, engine
     @app.get("/version")
     async def version() -> dict[str, Any]:
         return {"service": identity.service, "version": identity.version, "colour": identity.colour,
-                "release": identity.release, **details()}
+                "release": identity.release, **about()}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

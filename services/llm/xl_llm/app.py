@@ -6,21 +6,28 @@ import asyncio
 import json
 import logging
 import math
-import os
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
+from xl_service.http import (
+    FaultDrill,
+    InvalidRequest,
+    Metrics,
+    acquire_slot,
+    api_error,
+    engine_lifespan,
+    install_probes,
+    read_json_body,
+)
 
 from .engine import Delta, Engine, PromptTooLong, Sampling
 from .settings import Settings
@@ -29,20 +36,7 @@ log = logging.getLogger("xl_llm.http")
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
-KNOWN_ROUTES = ("/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/version")
-
-
-def api_error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param}})
-
-
-class InvalidRequest(Exception):
-    """A request the service refuses, with the field to blame."""
-
-    def __init__(self, message: str, param: str, status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.status = status
+ROUTES = ("/v1/chat/completions", "/v1/models")
 
 
 @dataclass(frozen=True)
@@ -157,51 +151,6 @@ def parse_chat_request(body: bytes, settings: Settings) -> ChatRequest:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past ``limit`` (a missing or false Content-Length cannot get around it)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class Metrics:
-    """One registry per app, so tests can build several apps in one process. Names and labels match ASR's."""
-
-    def __init__(self, settings: Settings):
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "xl_http_requests", "HTTP requests by endpoint and status.", ["service", "endpoint", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "xl_http_request_duration_seconds", "HTTP request latency (to the first byte for streamed answers).",
-            ["service", "endpoint"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
-            registry=self.registry,
-        )
-        self.inference = Histogram(
-            "xl_inference_seconds", "Model inference time per request.", ["service"],
-            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
-            registry=self.registry,
-        )
-        self.in_flight = Gauge("xl_http_in_flight_requests", "Requests being served.", ["service"],
-                               registry=self.registry)
-        self.model_load = Gauge("xl_model_load_seconds", "Seconds the model took to load and warm up.", ["service"],
-                                registry=self.registry)
-        self.ready = Gauge("xl_ready", "1 once the model is loaded and warmed up.", ["service"], registry=self.registry)
-        info = Gauge("xl_build_info", "Identity of this instance.", ["service", "version", "colour", "release"],
-                     registry=self.registry)
-        info.labels(settings.service, settings.version, settings.colour, settings.release).set(1)
-        # Only the LLM has tokens; throughput in tokens per second is rate() of this over rate() of inference.
-        self.tokens = Counter("xl_llm_tokens", "Tokens read (prompt) and generated (completion).",
-                              ["service", "kind"], registry=self.registry)
-
-
 class Generation:
     """One streamed answer: the model slot it holds and the generator it reads, released exactly once."""
 
@@ -247,70 +196,24 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 def create_app(settings: Settings, engine: Engine | None = None, load_in_background: bool = True) -> FastAPI:
     engine = engine or Engine(settings)
-    metrics = Metrics(settings)
+    identity = settings.identity
+    metrics = Metrics(identity)
+    # Only the LLM has tokens; throughput in tokens per second is rate() of this over rate() of inference.
+    tokens = Counter("xl_llm_tokens", "Tokens read (prompt) and generated (completion).", ["service", "kind"],
+                     registry=metrics.registry)
     # One slot: the engine serialises generations anyway (see Engine), and waiting here instead of in a
     # worker thread lets a queued request give up after queue_timeout_s and keeps the threadpool free.
     generation_slots = asyncio.Semaphore(1)
-    served_by = f"{settings.service}/{settings.version}/{settings.colour}"
-    crash_timer: dict[str, asyncio.TimerHandle] = {}
-    completions_seen = {"count": 0}
+    model_busy = f"the model stayed busy with other requests for {settings.queue_timeout_s:.0f} s"
+    drill = FaultDrill(settings.faults)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if load_in_background:
-            threading.Thread(target=engine.load, name="model-load", daemon=True).start()
-        else:
-            await run_in_threadpool(engine.load)
-        yield
-        log.info("shutting down: in-flight requests have finished")
-
-    app = FastAPI(title="XleRobot LLM", version=settings.version, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="XleRobot LLM", version=identity.version, docs_url=None, redoc_url=None,
+                  lifespan=engine_lifespan(engine, load_in_background, log))
     app.state.engine = engine
     app.state.settings = settings
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        endpoint = request.url.path if request.url.path in KNOWN_ROUTES else "other"
-        started = time.perf_counter()
-        metrics.in_flight.labels(settings.service).inc()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-        finally:
-            elapsed = time.perf_counter() - started
-            metrics.in_flight.labels(settings.service).dec()
-            metrics.requests.labels(settings.service, endpoint, str(status)).inc()
-            metrics.latency.labels(settings.service, endpoint).observe(elapsed)
-            if endpoint not in ("/healthz", "/readyz", "/metrics"):
-                log.info("request", extra={"method": request.method, "path": request.url.path, "status": status,
-                                           "seconds": round(elapsed, 4)})
-        response.headers["X-Served-By"] = served_by
-        return response
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive", "service": settings.service}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if engine.ready:
-            return JSONResponse({"status": "ready", "model": settings.model_name})
-        reason = engine.load_error or (
-            "fault injected: never_ready" if settings.faults.never_ready else "model loading")
-        return JSONResponse(status_code=503, content={"status": "not ready", "reason": reason})
-
-    @app.get("/version")
-    async def version() -> dict[str, str | None]:
-        return {"service": settings.service, "version": settings.version, "colour": settings.colour,
-                "release": settings.release, "model": settings.model_name, "runtime": engine.runtime}
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        metrics.ready.labels(settings.service).set(1 if engine.ready else 0)
-        if engine.load_seconds is not None:
-            metrics.model_load.labels(settings.service).set(engine.load_seconds)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    install_probes(app, identity=identity, metrics=metrics, engine=engine, faults=settings.faults, routes=ROUTES,
+                   log=log, details=lambda: {"model": settings.model_name},
+                   version_details=lambda: {"model": settings.model_name, "runtime": engine.runtime})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -321,36 +224,20 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
     async def chat_completions(request: Request) -> Response:
         if not engine.ready:
             return api_error(503, "model is not ready", kind="service_unavailable")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return api_error(413, f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes} bytes",
-                             param="messages")
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return api_error(400, f"expected an application/json body, got {content_type or 'no content type'!r}",
-                             param="messages")
-        body = await _read_body(request, settings.max_body_bytes)
-        if body is None:
-            return api_error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes", param="messages")
+        body = await read_json_body(request, settings.max_body_bytes, "messages")
+        if isinstance(body, JSONResponse):
+            return body
         try:
             wanted = parse_chat_request(body, settings)
         except InvalidRequest as exc:
             return api_error(exc.status, str(exc), param=exc.param)
 
-        faults = settings.faults
-        if faults.crash_after_s and "crash" not in crash_timer:
-            crash_timer["crash"] = asyncio.get_running_loop().call_later(faults.crash_after_s, os._exit, 3)
-        completions_seen["count"] += 1
-        if faults.fails(completions_seen["count"]):
-            return api_error(500, "fault injected: error_rate", kind="server_error")
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
-
-        try:
-            await asyncio.wait_for(generation_slots.acquire(), timeout=settings.queue_timeout_s)
-        except TimeoutError:
-            return api_error(503, f"the model stayed busy with other requests for {settings.queue_timeout_s:.0f} s",
-                             kind="service_unavailable")
+        refused = await drill.before_inference()
+        if refused is not None:
+            return refused
+        busy = await acquire_slot(generation_slots, settings.queue_timeout_s, 1, "generation", busy=model_busy)
+        if busy is not None:
+            return busy
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if wanted.stream:
             return await _stream(wanted, completion_id)
@@ -360,9 +247,9 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
             return api_error(400, str(exc), param="messages", kind="context_length_exceeded")
         finally:
             generation_slots.release()
-        metrics.inference.labels(settings.service).observe(result.inference_s)
-        metrics.tokens.labels(settings.service, "prompt").inc(result.prompt_tokens)
-        metrics.tokens.labels(settings.service, "completion").inc(result.completion_tokens)
+        metrics.inference.labels(identity.service).observe(result.inference_s)
+        tokens.labels(identity.service, "prompt").inc(result.prompt_tokens)
+        tokens.labels(identity.service, "completion").inc(result.completion_tokens)
         log.info("completion", extra={"completion_tokens": result.completion_tokens,
                                       "prompt_tokens": result.prompt_tokens, "seconds": round(result.inference_s, 3),
                                       "finish_reason": result.finish_reason})
@@ -410,9 +297,9 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
                 piece = await generation.next()
             yield _sse("[DONE]")
             elapsed = time.perf_counter() - started
-            metrics.inference.labels(settings.service).observe(elapsed)
+            metrics.inference.labels(identity.service).observe(elapsed)
             # llama.cpp streams one piece per generated token (a split multi-byte character waits for the next).
-            metrics.tokens.labels(settings.service, "completion").inc(pieces)
+            tokens.labels(identity.service, "completion").inc(pieces)
             log.info("completion streamed", extra={"completion_pieces": pieces, "seconds": round(elapsed, 3)})
 
         return EventStream(events(), generation, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

