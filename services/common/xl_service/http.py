@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from .settings import Faults, Identity
 
 PROBES = ("/healthz", "/readyz", "/metrics", "/version")
+ERROR_STATUSES = ("500", "503")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -171,6 +172,11 @@ def install_probes(app: FastAPI, *, identity: Identity, metrics: Metrics, engine
     /readyz alone where ``version_details`` says what /version adds."""
     known = (*routes, *PROBES)
     about = version_details or details
+    # The error series exist from the start at 0: Prometheus' rate() ignores a counter's first sample, so a
+    # series born with its first error would hide that error from every error-ratio query.
+    for route in routes:
+        for status in ERROR_STATUSES:
+            metrics.requests.labels(identity.service, route, status)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

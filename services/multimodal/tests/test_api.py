@@ -84,6 +84,8 @@ def test_stage_timings_are_in_the_metrics(mm_server, question) -> None:
     for stage in ("asr", "llm", "tts"):
         assert f'xl_stage_seconds_count{{service="multimodal",stage="{stage}"}}' in text
     assert 'xl_http_requests_total{endpoint="/v1/interact",service="multimodal",status="200"}' in text
+    # Error series exist at 0 before any error, so the first one is visible to rate().
+    assert 'xl_http_requests_total{endpoint="/v1/interact",service="multimodal",status="500"} 0.0' in text
     assert 'xl_ready{service="multimodal"} 1.0' in text
 
 
