@@ -92,7 +92,7 @@ def images() -> dict[str, tuple[str, str]]:
     # multimodal service speaks other words than its reply.
     builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
               GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr"),
-              CRASHES: ("crash_after_s=10", "asr"), SLOW: ("latency_ms=500", "asr"),
+              CRASHES: ("crash_after_s=10", "asr"), SLOW: ("latency_ms=500", "tts"),
               ERRORS_5: ("error_rate=0.05,errors_after=1", "tts")}
     for version, (fault, services) in builds.items():
         # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).

@@ -25,7 +25,6 @@ from tests.integration.conftest import (
     NEXT,
     REPO,
     RUN_DIR,
-    SLOW,
     TRANSCRIBE,
     docker_names,
     playbook,
@@ -120,27 +119,6 @@ def test_a_canary_that_crashes_after_taking_traffic_is_caught_by_its_restart_cou
     after = [o.served_by for o in load.outcomes if o.started > finished]
     assert after and set(after) == {f"asr/{NEXT}/green"}
     assert "xlt-asr-blue" not in docker_names()
-    assert _history()[-1]["result"] == "aborted"
-
-
-def test_a_canary_500_ms_slower_is_aborted_on_p95_latency(golden_clips: dict[str, Path]) -> None:
-    # The analysis compares p95 latencies of both colours under the same load; the production default
-    # (baseline * 1.3 + 0.3) tolerates a slower model, this test asks for less than +0.3 s.
-    slower = {"window": "30s", "count": 2, "interval": 5, "metrics": [{
-        "name": "p95-latency", "failureLimit": 0, "successCondition": "result <= baseline + 0.3",
-        "query": 'histogram_quantile(0.95, sum by (le) (rate(xl_http_request_duration_seconds_bucket{'
-                 'service="$service",colour="$colour",endpoint=~"/v1/.*"}[$window])))'}]}
-    overrides = services_overrides(asr={"canary": {"steps": STEPS, "analysis": slower}})
-    with LoadGenerator(TRANSCRIBE, golden_clips[GATE_TEXT], concurrency=2) as load:
-        time.sleep(2)
-        run = playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={SLOW}", "-e", json.dumps(overrides))
-        finished = time.monotonic()
-        load.wait_for_answers_after(finished)
-    assert run.returncode != 0
-    assert "metric p95-latency failed" in run.output, run.output[-4000:]
-    assert f"Traffic stays on green ({NEXT})" in run.output
-    assert load.failures == [], load.failures[:5]
-    assert {o.served_by for o in load.outcomes if o.started > finished} == {f"asr/{NEXT}/green"}
     assert _history()[-1]["result"] == "aborted"
 
 
