@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins" / "module_utils")]
 
@@ -105,10 +107,10 @@ def main() -> None:
                  {"setWeight": 20}, {"pause": {"duration": args.canary_pause}}, {"analysis": {}},
                  {"setWeight": 50}, {"pause": {"duration": args.canary_pause}}, {"analysis": {}},
                  {"setWeight": 100}]
+        # The bench environment's own overrides (its ports) with the canary steps added to every service.
+        bench_overrides = yaml.safe_load((REPO / "bench" / "env-bench.yml").read_text())["xlerobot_services_overrides"]
         overrides = {"xlerobot_services_overrides": {
-            "asr": {"ports": {"blue": 28101, "green": 28102}, "canary": {"steps": steps}},
-            "tts": {"ports": {"blue": 28111, "green": 28112}, "canary": {"steps": steps}},
-            "llm": {"ports": {"blue": 28121, "green": 28122}, "canary": {"steps": steps}}}}
+            service: {**settings, "canary": {"steps": steps}} for service, settings in bench_overrides.items()}}
         seconds, sent, failed = under_load(gateway, clip, lambda: playbook(
             "deploy.yml", "-e", "strategy=canary", "-e", f"version={V2}", "-e", json.dumps(overrides)))
         figures["canary_all_s"], figures["canary_requests"], figures["canary_failed"] = round(seconds, 1), sent, failed

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import requests
+import yaml
 
 from tests.integration.conftest import GOOD, REPO, playbook, served_by
 
@@ -21,7 +22,9 @@ DASHBOARD = REPO / "roles" / "monitoring" / "files" / "dashboards" / "xlerobot-s
 def live_services() -> None:
     """A live release of every service to scrape (a no-op for those an earlier scenario left live): a backend
     with no server up rightly raises XlServiceWithoutCapacity."""
-    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr,tts,llm")
+    catalogue = yaml.safe_load((REPO / "config" / "base" / "services.yml").read_text())["xlerobot_services"]
+    run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e",
+                   f"services={','.join(catalogue)}")
     assert run.returncode == 0, run.output[-4000:]
 
 

@@ -22,7 +22,6 @@ from tests.integration.conftest import (
     GOOD,
     NEXT,
     RUN_DIR,
-    SLOW,
     docker_names,
     playbook,
     services_overrides,
@@ -96,30 +95,17 @@ def test_a_voice_that_says_the_wrong_words_is_stopped_by_the_read_back_and_traff
     assert _last_event("tts")["result"] == "aborted"
 
 
-def _canary(version: str, steps: list[dict]) -> tuple:
+def _canary(version: str, steps: list[dict], concurrency: int = 4) -> tuple:
+    """A canary deploy of speech synthesis with these steps, under load; (run, load, end of the run)."""
     overrides = services_overrides(tts={"canary": {"steps": steps, "analysis": {"window": "30s", "count": 2,
                                                                                 "interval": 5}}})
-    with LoadGenerator(SPEECH, json_body=REQUEST, concurrency=4) as load:
+    with LoadGenerator(SPEECH, json_body=REQUEST, concurrency=concurrency) as load:
         time.sleep(2)
         run = playbook("deploy.yml", "-e", "strategy=canary", "-e", f"version={version}", "-e", "services=tts",
                        "-e", json.dumps(overrides))
         finished = time.monotonic()
         load.wait_for_answers_after(finished)
     return run, load, finished
-
-
-def test_a_canary_500_ms_slower_is_aborted_on_p95_latency() -> None:
-    # The production analysis as configured (p95 within baseline * 1.3 + 0.3 s): half a second more per
-    # synthesis is caught, and nobody's request fails.
-    live = _last_event("tts")["to"]
-    run, load, finished = _canary(SLOW, [{"setWeight": 25}, {"pause": {"duration": 10}}, {"analysis": {}},
-                                         {"setWeight": 100}])
-    assert run.returncode != 0
-    assert "metric p95-latency failed" in run.output, run.output[-4000:]
-    assert f"Traffic stays on {live['colour']} ({live['version']})" in run.output
-    assert load.outcomes and load.failures == [], load.failures[:5]
-    assert {o.served_by for o in load.outcomes if o.started > finished} == {f"tts/{live['version']}/{live['colour']}"}
-    assert _last_event("tts")["result"] == "aborted"
 
 
 def test_a_canary_failing_5_percent_of_requests_aborts_at_its_first_analysis_within_its_share() -> None:
