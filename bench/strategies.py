@@ -43,6 +43,9 @@ def under_load(gateway: str, clip: Path, action: Callable[[], float]) -> tuple[f
         LoadGenerator(f"{gateway}/v1/audio/speech", json_body={"input": "The kitchen lights are on."}, concurrency=1),
         LoadGenerator(f"{gateway}/v1/chat/completions", concurrency=1, json_body={
             "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}),
+        # Without traffic of its own the stable multimodal colour has no p95 to compare a canary with, and an
+        # analysis without data is inconclusive: it aborts, as it should.
+        LoadGenerator(f"{gateway}/v1/interact", clip, concurrency=1, audio_field="audio"),
     ]
     for client in clients:
         client.start()

@@ -27,12 +27,13 @@ class Outcome:
 @dataclass
 class LoadGenerator:
     url: str
-    audio: Path | None = None  # posted as the multipart field `file` (speech recognition)
+    audio: Path | None = None  # posted as the multipart field `audio_field` (speech recognition, multimodal)
     concurrency: int = 2
     max_seconds: float = 600.0  # hard stop, so a forgotten generator never runs on
     timeout: float = 120.0
     outcomes: list[Outcome] = field(default_factory=list)
     json_body: dict[str, Any] | None = None  # posted as JSON instead of a clip (speech synthesis)
+    audio_field: str = "file"
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -45,7 +46,8 @@ class LoadGenerator:
     def _post(self, session: requests.Session) -> requests.Response:
         if self.json_body is not None:
             return session.post(self.url, json=self.json_body, timeout=self.timeout)
-        return session.post(self.url, files={"file": ("clip.wav", self._payload, "audio/wav")}, timeout=self.timeout)
+        return session.post(self.url, files={self.audio_field: ("clip.wav", self._payload, "audio/wav")},
+                            timeout=self.timeout)
 
     def _worker(self) -> None:
         session = requests.Session()
