@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,12 @@ from typing import TypeVar
 
 import requests
 
+from tests.support.servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / ".cache" / "service-logs"
 COMMON = REPO / "services" / "common"
 Server = TypeVar("Server", bound="ServiceProcess")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ServiceProcess:

@@ -21,6 +21,7 @@ from xl_gates import word_error_rate
 from xl_multimodal.ocr import render_text
 
 from tests.support import models
+from tests.support.servers import free_port
 from tests.support.service_process import ServiceProcess
 
 QUESTION = "Can you turn on the kitchen lights please?"
@@ -156,8 +157,6 @@ def failing_url() -> Iterator[str]:
 
 
 def _closed_port_url() -> str:
-    from tests.support.service_process import free_port
-
     return f"http://127.0.0.1:{free_port()}/v1/chat/completions"
 
 
