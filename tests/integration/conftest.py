@@ -28,7 +28,7 @@ TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
 GOOD, NEXT = "1.0.0", "1.1.0"
 NEVER_READY, GARBLED, ERRORS = "1.1.0-never-ready", "1.1.0-garbled", "1.1.0-errors"
-CRASHES, ERRORS_5 = "1.1.0-crashes", "1.1.0-errors-5"
+CRASHES, ERRORS_5, SLOW = "1.1.0-crashes", "1.1.0-errors-5", "1.1.0-slow"
 
 
 @dataclass
@@ -93,7 +93,7 @@ def images() -> dict[str, tuple[str, str]]:
     builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
               GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr"),
               CRASHES: ("crash_after_s=10", "asr"),
-              ERRORS_5: ("error_rate=0.05,errors_after=1", "tts")}
+              ERRORS_5: ("error_rate=0.05,errors_after=1", "tts"), SLOW: ("latency_ms=500", "tts")}
     for version, (fault, services) in builds.items():
         # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
         force = ("-e", "force=true") if fault else ()

@@ -26,7 +26,10 @@ from .settings import Faults, Identity
 
 PROBES = ("/healthz", "/readyz", "/metrics", "/version")
 ERROR_STATUSES = ("500", "503")
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+# Fine enough below 3 s that histogram_quantile's interpolation inside one bucket stays well under the
+# canary analysis' latency budgets (a quarter second for speech synthesis).
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5,
+                   3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0)
 INFERENCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
