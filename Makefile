@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VERSION ?= 1.0.0
+STRATEGY ?= bluegreen
+REGISTRY ?= 127.0.0.1:5000
+SERVICES := asr tts llm multimodal
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: up venv bootstrap build deploy test lint molecule bench teardown
+.PHONY: up venv bootstrap build deploy test unit integration lint molecule sbom bench teardown
 MOLECULE_SCENARIOS := daemon gateway registry monitoring
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
@@ -24,11 +27,22 @@ build: bootstrap
 	ansible-playbook playbooks/build.yml -e version=$(VERSION)
 
 deploy:
-	ansible-playbook playbooks/deploy.yml -e strategy=bluegreen -e version=$(VERSION)
+	ansible-playbook playbooks/deploy.yml -e strategy=$(STRATEGY) -e version=$(VERSION)
 
 ## Second command: the whole test suite (lint, unit, service, end-to-end), set-up included.
-test: bootstrap lint molecule
-	pytest
+test: bootstrap lint molecule unit integration
+
+## Plugins' logic and the services against their real models; fails under 80 % coverage (pyproject.toml).
+unit: bootstrap
+	pytest -m "not integration" --cov --cov-report=term --cov-report=xml:.cache/coverage/coverage.xml
+
+## End-to-end deploys on the real engine, gateway and Prometheus (builds the test versions' images).
+integration: bootstrap
+	pytest -m integration
+
+## A CycloneDX SBOM of each service image of VERSION, read from the image (reports/sbom/).
+sbom: bootstrap
+	python scripts/sbom.py $(foreach service,$(SERVICES),$(REGISTRY)/xlerobot/$(service):$(VERSION))
 
 ## Role tests on production-like test hosts (systemd as PID 1), built locally.
 molecule: bootstrap
@@ -40,6 +54,8 @@ lint: venv
 	ansible-lint
 	ruff check plugins services tests bench molecule scripts conftest.py
 	mypy
+	bandit -c pyproject.toml -q -r plugins services scripts bench
+	antsibull-changelog lint
 
 teardown: venv
 	ansible-playbook playbooks/teardown.yml

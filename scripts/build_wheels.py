@@ -99,7 +99,8 @@ def build(entry: dict, target: Path) -> Path:
         wheel.rename(staged / wheel.name)
         staged.rename(target)
     built = cached_wheel(target)
-    assert built is not None
+    if built is None:
+        raise RuntimeError(f"{target}: the wheel just built is not in the cache")
     return built
 
 

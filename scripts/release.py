@@ -8,6 +8,9 @@ Tagging goes through the registry's HTTP API (the manifest of ``--from-tag`` is 
 in the same repository), so nothing is pulled or rebuilt and the digest the tests deployed is the one
 released. Tags are immutable: a version tag that already names another digest stops the release.
 
+With ``--fold``, antsibull-changelog then folds the fragments into ``changelogs/changelog.yaml`` and
+``CHANGELOG.md`` (and removes them), the Ansible way; its own lint runs before anything is tagged.
+
 The notes (``releases/<version>.md``) hold every fragment of ``changelogs/fragments/`` in the sections of
 ``changelogs/config.yaml``, in that order, and the digest of each image. Fragments are checked the way
 antsibull-changelog lints them (a mapping of known sections to lists of strings; the prelude a string) and
@@ -17,7 +20,9 @@ every fault is named with its file. Prints one JSON object: the images and the n
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -28,7 +33,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("asr", "tts", "llm")
+# Every service of the catalogue's base layer is released together.
+SERVICES = tuple(yaml.safe_load((REPO / "config" / "base" / "services.yml").read_text())["xlerobot_services"])
 NAMESPACE = "xlerobot"
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.oci.image.manifest.v1+json",
@@ -142,18 +148,36 @@ def tag_image(registry: str, repository: str, source: str | None, tag: str) -> T
     return TaggedImage(repository, tag, digest, changed=True)
 
 
+def antsibull_changelog(repo: Path, *args: str) -> str:
+    """Run antsibull-changelog (from this interpreter's venv) in `repo`; ReleaseError with what it printed."""
+    command = [str(Path(sys.executable).parent / "antsibull-changelog"), *args]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0 or (args[0] == "lint" and result.stdout.strip()):
+        raise ReleaseError(f"antsibull-changelog {args[0]}: {(result.stdout + result.stderr).strip()[-2000:]}")
+    return result.stdout
+
+
 def release(version: str, registry: str, services: list[str], source: str | None, notes_dir: Path,
-            repo: Path = REPO) -> dict[str, Any]:
-    """Check the fragments, tag every image, then write the notes (nothing is tagged when a fragment is faulty)."""
+            repo: Path = REPO, fold: bool = False, date: str | None = None) -> dict[str, Any]:
+    """Check the fragments, tag every image, then write the notes (nothing is tagged when a fragment is faulty)
+    and, with `fold`, fold the fragments into CHANGELOG.md."""
     sections = load_sections(repo / "changelogs" / "config.yaml")
     entries = read_fragments(repo / "changelogs" / "fragments", sections)
+    if fold:
+        antsibull_changelog(repo, "lint")
     images = [tag_image(registry, f"{NAMESPACE}/{service}", source, version) for service in services]
     title = yaml.safe_load((repo / "changelogs" / "config.yaml").read_text()).get("title", "release")
     notes_dir.mkdir(parents=True, exist_ok=True)
     notes = notes_dir / f"{version}.md"
     notes.write_text(render_notes(title, version, sections, entries, images))
-    return {"version": version, "notes": str(notes),
-            "images": [{"image": f"{i.repository}:{i.tag}", "digest": i.digest, "changed": i.changed} for i in images]}
+    result: dict[str, Any] = {
+        "version": version, "notes": str(notes),
+        "images": [{"image": f"{i.repository}:{i.tag}", "digest": i.digest, "changed": i.changed} for i in images]}
+    if fold:
+        day = date or datetime.date.today().isoformat()
+        antsibull_changelog(repo, "release", "--version", version, "--date", day)
+        result["changelog"] = str(repo / "CHANGELOG.md")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", default="127.0.0.1:5000")
     parser.add_argument("--services", default=",".join(SERVICES))
     parser.add_argument("--notes-dir", type=Path, default=REPO / "releases")
+    parser.add_argument("--fold", action="store_true",
+                        help="fold the fragments into CHANGELOG.md with antsibull-changelog (removes them)")
     args = parser.parse_args(argv)
     try:
         result = release(args.version, args.registry, [s for s in args.services.split(",") if s], args.from_tag,
-                         args.notes_dir)
+                         args.notes_dir, fold=args.fold)
     except ReleaseError as exc:
         sys.stderr.write(f"release {args.version}: {exc}\n")
         return 1

@@ -48,12 +48,14 @@ except ImportError as _error:  # the module reports it with missing_required_lib
 AUTH_METHODS = ("token", "approle", "kubernetes")
 KUBERNETES_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 PASSWORD_FILE_VARS = ("XL_VAULT_PASSWORD_FILE", "ANSIBLE_VAULT_PASSWORD_FILE")
-PASSWORD_VAR = "XL_VAULT_PASSWORD"  # noqa: S105 - the name of a variable
+# The name of a variable, not a password.
+PASSWORD_VAR = "XL_VAULT_PASSWORD"  # noqa: S105 # nosec B105
 MASKED = "<masked>"
 REFERENCE_PREFIX = "vault:"
 _REFERENCE = re.compile(r"(?P<mount>[^/#\s]+)/(?P<path>[^#\s]+?)(?:#(?P<key>[^#\s]+?)(?:@(?P<version>\d+))?)?")
 
-CAUSES = {
+# Messages, not passwords (bandit's B105 reads the keys as such).
+CAUSES = {  # nosec B105
     "unreachable": "server unreachable",
     "sealed": "the server is sealed (unseal it, then run again)",
     "token_invalid": "the token is invalid or expired (log in again or renew it)",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from release import ReleaseError, load_sections, read_fragments, release, tag_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +123,31 @@ def test_a_release_tags_every_image_by_manifest_and_writes_notes(registry: FakeR
     # Again: the tags already name those digests, nothing is put twice.
     again = release("1.1.0", registry.address, ["asr", "tts"], "1.1.0-rc1", notes_dir, repo=repo)
     assert [i["changed"] for i in again["images"]] == [False, False] and len(registry.puts) == 2
+
+
+def test_fold_puts_the_fragments_into_the_changelog_with_antsibull_changelog(registry: FakeRegistry,
+                                                                             repo: Path) -> None:
+    registry.push("xlerobot/asr", "1.1.0", "asr")
+    fragments = sorted((repo / "changelogs" / "fragments").glob("*.yml"))
+    assert fragments
+    result = release("1.1.0", registry.address, ["asr"], None, repo / "releases", repo=repo, fold=True,
+                     date="2026-11-28")
+    changelog = (repo / "CHANGELOG.md").read_text()
+    assert result["changelog"] == str(repo / "CHANGELOG.md")
+    assert "## v1\\.1\\.0" in changelog and "### Minor Changes" in changelog
+    assert "Walking skeleton" in changelog
+    assert not list((repo / "changelogs" / "fragments").glob("*.yml")), "folded fragments are removed"
+    folded = yaml.safe_load((repo / "changelogs" / "changelog.yaml").read_text())
+    assert folded["releases"]["1.1.0"]["release_date"] == "2026-11-28"
+
+
+def test_fold_refuses_what_antsibull_changelog_lint_refuses(registry: FakeRegistry, repo: Path) -> None:
+    registry.push("xlerobot/asr", "1.1.0", "asr")
+    # Well-formed for read_fragments, but not valid reStructuredText: only antsibull-changelog's lint sees it.
+    (repo / "changelogs" / "fragments" / "9003-bad.yml").write_text('minor_changes:\n  - "a ``broken literal"\n')
+    with pytest.raises(ReleaseError, match=r"9003-bad\.yml.*Inline literal"):
+        release("1.1.0", registry.address, ["asr"], None, repo / "releases", repo=repo, fold=True)
+    assert not (repo / "CHANGELOG.md").exists()
 
 
 def test_a_version_tag_never_moves(registry: FakeRegistry) -> None:
