@@ -189,10 +189,13 @@ def plausible_speech_seconds(text: str) -> tuple[float, float]:
     return round(0.15 * words, 2), round(1.0 * words + 1.0, 2)
 
 
-def _readback(url: str, audio: bytes, timeout: float) -> tuple[str | None, str]:
-    """Transcribe audio with a speech-recognition endpoint: (text, "") or (None, why)."""
+def _readback(url: str, audio: bytes, timeout: float, headers: dict[str, str] | None = None,
+              ) -> tuple[str | None, str]:
+    """Transcribe audio with a speech-recognition endpoint (through the gateway, `headers` carrying its API key):
+    (text, "") or (None, why)."""
     body, content_type = multipart_body({"response_format": "json"}, "file", "speech.wav", audio)
-    status, answer = http_request(url, timeout=timeout, data=body, headers={"Content-Type": content_type})
+    status, answer = http_request(url, timeout=timeout, data=body, headers={**(headers or {}),
+                                                                            "Content-Type": content_type})
     if status != 200:
         return None, f"the read-back at {url} failed with {status or 'no answer'}: {answer.strip()[:160]}"
     try:
@@ -201,7 +204,7 @@ def _readback(url: str, audio: bytes, timeout: float) -> tuple[str | None, str]:
         return None, f"the read-back at {url} did not answer {{'text': ...}} JSON: {answer.strip()[:160]}"
 
 
-def _speech(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+def _speech(base_url: str, gate: dict[str, Any], readback_headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Speak the gate's text, check the audio is WAV of a plausible length, and have speech recognition read
     it back within the word error rate threshold."""
     text = gate["text"]
@@ -227,7 +230,7 @@ def _speech(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
                 "measured": f"{seconds:.2f} s of audio", "threshold": f"{shortest}-{longest} s",
                 "why": f"{seconds:.2f} s of audio for {len(normalise_words(text))} words is outside the "
                        f"plausible {shortest}-{longest} s"}
-    heard, why = _readback(gate["readback_url"], audio, timeout)
+    heard, why = _readback(gate["readback_url"], audio, timeout, readback_headers)
     elapsed = round(time.monotonic() - started, 3)
     if heard is None:
         return {"passed": False, "seconds": elapsed, "measured": "no read-back", "why": why,
@@ -269,7 +272,8 @@ def _chat(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
             "reply": reply[:200]}
 
 
-def _interaction(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+def _interaction(base_url: str, gate: dict[str, Any], readback_headers: dict[str, str] | None = None,
+                 ) -> dict[str, Any]:
     """Voice in, voice out: send the spoken question, then check that the instance heard it (transcript within
     the threshold), answered (a non-empty reply), and spoke that answer (its audio read back by the live speech
     recognition within the threshold)."""
@@ -305,7 +309,7 @@ def _interaction(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
         audio_seconds = wav_seconds(audio)
     except ValueError as exc:
         return {"passed": False, "seconds": seconds, "measured": "not WAV", "why": f"the reply audio is {exc}"}
-    readback, why = _readback(gate["readback_url"], audio, timeout)
+    readback, why = _readback(gate["readback_url"], audio, timeout, readback_headers)
     elapsed = round(time.monotonic() - started, 3)
     if readback is None:
         return {"passed": False, "seconds": elapsed, "measured": "no read-back", "why": why}
@@ -320,8 +324,12 @@ def _interaction(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
-    """Run gates in order and stop at the first that fails; every result carries its name and type."""
+              sleep: Callable[[float], None] = time.sleep, readback_api_key: str | None = None,
+              ) -> list[dict[str, Any]]:
+    """Run gates in order and stop at the first that fails; every result carries its name and type. The read-back
+    of speech and interaction gates goes through the gateway: with its authentication on, `readback_api_key`
+    is presented as a bearer token (and never put in a result)."""
+    readback_headers = {"Authorization": f"Bearer {readback_api_key}"} if readback_api_key else None
     validate_gates(gates)
     results = []
     for gate in gates:
@@ -332,11 +340,11 @@ def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], fl
             outcome = _poll_ok(f"{base_url}{path}", float(gate.get("timeout", 60)),
                                float(gate.get("interval", 0.5)), clock, sleep)
         elif kind == "speech":
-            outcome = _speech(base_url, gate)
+            outcome = _speech(base_url, gate, readback_headers)
         elif kind == "chat":
             outcome = _chat(base_url, gate)
         elif kind == "interaction":
-            outcome = _interaction(base_url, gate)
+            outcome = _interaction(base_url, gate, readback_headers)
         else:
             outcome = _transcription(base_url, gate)
         results.append({"name": name, "type": kind, **outcome})

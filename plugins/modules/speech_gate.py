@@ -44,6 +44,11 @@ options:
     description: Extra identity shown in messages, such as colour and version.
     type: dict
     default: {}
+  readback_api_key:
+    description:
+      - API key the read-back of V(speech) and V(interaction) gates presents to the gateway
+        (C(Authorization: Bearer)), where the gateway's authentication is on. Never logged nor returned.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -105,6 +110,7 @@ def main():
             url=dict(type="str", required=True),
             gates=dict(type="list", elements="dict", required=True),
             context=dict(type="dict", default={}),
+            readback_api_key=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )
@@ -116,7 +122,7 @@ def main():
     if module.check_mode:
         module.exit_json(changed=False, results=[], passed=True, skipped_reason="check mode sends no request")
     try:
-        results = run_gates(params["url"].rstrip("/"), params["gates"])
+        results = run_gates(params["url"].rstrip("/"), params["gates"], readback_api_key=params["readback_api_key"])
     except OSError as exc:
         module.fail_json(msg=f"service {params['service']}: cannot run gates: {exc}")
     message = failure_message(params["service"], params["context"], results)

@@ -59,6 +59,8 @@ class FakeInstance:
             "transcript": "can you turn on the kitchen lights please", "reply": "The kitchen lights are on.",
             "timings": {"asr": 0.5, "llm": 0.4, "tts": 0.2, "total": 1.1}}
         self.interactions = 0
+        # Authorization header of each transcription request ("" when none was sent).
+        self.authorizations: list[str] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -103,6 +105,7 @@ class FakeInstance:
                     owner.asked.append(json.loads(body))
                     self._send(owner.chat_status, owner.chat_answer)
                     return
+                owner.authorizations.append(self.headers.get("Authorization", ""))
                 self._send(owner.transcription_status, {"text": owner.transcript})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

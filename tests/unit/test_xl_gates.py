@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,18 @@ def test_speech_gate_speaks_checks_the_length_and_reads_it_back() -> None:
     assert tts.spoken == [{"input": SPOKEN, "response_format": "wav"}]
     assert results[0]["passed"] is True, results
     assert results[0]["measured"] == 0.0 and results[0]["audio_seconds"] == 2.0
+
+
+def test_the_read_back_presents_the_gateway_key_and_no_result_holds_it() -> None:
+    key = "internal-" + "k" * 24
+    with FakeInstance() as tts, FakeInstance() as asr:
+        asr.transcript = "the kitchen lights are now on."
+        gate = {"name": "say", "type": "speech", "text": SPOKEN, "readback_url": f"{asr.url}/v1/audio/transcriptions"}
+        keyed = gates.run_gates(tts.url, [gate], readback_api_key=key)
+        keyless = gates.run_gates(tts.url, [gate])
+    assert keyed[0]["passed"] and keyless[0]["passed"]
+    assert asr.authorizations == [f"Bearer {key}", ""]
+    assert key not in json.dumps(keyed)
 
 
 def test_speech_gate_fails_on_a_wrong_read_back_with_both_texts() -> None:

@@ -187,6 +187,53 @@ def test_each_downstream_failure_is_named_by_stage_and_never_hangs(start_server,
         assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
 
 
+class _KeyedChat(http.server.BaseHTTPRequestHandler):
+    """An LLM stage that, like an authenticating gateway, answers only the right bearer token."""
+
+    key = "stage-key-" + "0123456789abcdef"
+    seen: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        return
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        presented = self.headers.get("Authorization", "")
+        _KeyedChat.seen.append(presented)
+        if presented != f"Bearer {self.key}":
+            body, status = b'{"error":{"message":"a valid API key is required","type":"unauthorized"}}', 401
+        else:
+            body, status = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                                "content": "The radio is off."}}]}).encode(), 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_the_gateway_api_key_goes_with_every_stage_call_and_never_into_the_log(start_server, stage_env,
+                                                                               question) -> None:
+    chat = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeyedChat)
+    threading.Thread(target=chat.serve_forever, daemon=True).start()
+    try:
+        llm = f"http://127.0.0.1:{chat.server_address[1]}/v1/chat/completions"
+        keyed = start_server(**{**stage_env, "MM_LLM_URL": llm, "XL_GATEWAY_API_KEY": _KeyedChat.key})
+        keyless = start_server(**{**stage_env, "MM_LLM_URL": llm})
+        keyed.wait_ready()
+        keyless.wait_ready()
+        answered = _interact(keyed, question, timeout=60)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["reply"] == "The radio is off."
+        refused = _interact(keyless, question, timeout=60)
+        assert refused.status_code == 502 and refused.json()["error"]["stage"] == "llm", refused.text
+        assert "401" in refused.json()["error"]["message"]
+        assert _KeyedChat.seen == [f"Bearer {_KeyedChat.key}", ""]
+        assert _KeyedChat.key not in keyed.log_text()
+    finally:
+        chat.shutdown()
+
+
 def test_garble_fault_speaks_other_words_than_the_reply(start_server, stage_env, question, transcribe) -> None:
     server = start_server(**stage_env, XL_FAULT="garble")
     server.wait_ready()

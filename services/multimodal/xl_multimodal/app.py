@@ -57,7 +57,8 @@ def create_app(settings: Settings, engine: Engine | None = None, load_in_backgro
                stages: Stages | None = None) -> FastAPI:
     engine = engine or Engine(settings)
     stages = stages or Stages(settings.stage_urls, {"asr": settings.asr_timeout_s, "llm": settings.llm_timeout_s,
-                                                    "tts": settings.tts_timeout_s}, settings.connect_timeout_s)
+                                                    "tts": settings.tts_timeout_s}, settings.connect_timeout_s,
+                              api_key=settings.gateway_api_key)
     identity = settings.identity
     metrics = Metrics(identity)
     stage_metrics = StageMetrics(metrics)

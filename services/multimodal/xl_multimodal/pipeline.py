@@ -44,19 +44,20 @@ class Stages:
     """HTTP clients of the three downstream services (normally all through the gateway)."""
 
     def __init__(self, urls: dict[str, str], timeouts: dict[str, float], connect_timeout_s: float,
-                 client: httpx.AsyncClient | None = None):
+                 client: httpx.AsyncClient | None = None, api_key: str = ""):
         self.urls = urls
         self.timeouts = timeouts
         self.connect_timeout_s = connect_timeout_s
         # One pooled client for the process: connections to the gateway are reused across requests.
         self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def _post(self, stage: str, trace: Trace, **kwargs: Any) -> httpx.Response:
         limit = self.timeouts[stage]
         timeout = httpx.Timeout(limit, connect=min(self.connect_timeout_s, limit))
         started = time.perf_counter()
         try:
-            response = await self.client.post(self.urls[stage], timeout=timeout, **kwargs)
+            response = await self.client.post(self.urls[stage], timeout=timeout, headers=self.headers, **kwargs)
         except httpx.TimeoutException as exc:
             raise StageError(stage, 503, f"stage '{stage}' did not answer within {limit:g} s "
                                          f"({type(exc).__name__})") from exc
@@ -66,6 +67,11 @@ class Stages:
         finally:
             trace.timings[stage] = round(time.perf_counter() - started, 4)
         trace.served_by[stage] = response.headers.get("X-Served-By", "")
+        if response.status_code in (401, 403):
+            # Not the caller's doing: the gateway did not accept this service's own key.
+            raise StageError(stage, 502, f"stage '{stage}' refused this service's credentials: HTTP "
+                                         f"{response.status_code} (is XL_GATEWAY_API_KEY set to a key the gateway "
+                                         f"accepts?)")
         if response.status_code in (502, 503, 504):
             raise StageError(stage, 503, f"stage '{stage}' is unavailable: HTTP {response.status_code}: "
                                          f"{_error_message(response)}")

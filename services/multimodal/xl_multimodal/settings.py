@@ -24,6 +24,8 @@ class Settings:
     identity: Identity = field(default_factory=lambda: Identity("multimodal"))
     # The three stages are reached through the gateway by default, so they follow its traffic split.
     gateway_url: str = "http://127.0.0.1:8080"
+    # Presented to the gateway as a bearer token where its authentication is on; never logged.
+    gateway_api_key: str = field(default="", repr=False)
     asr_url: str = ""
     llm_url: str = ""
     tts_url: str = ""
@@ -58,6 +60,7 @@ class Settings:
         return cls(
             identity=Identity.from_env("multimodal"),
             gateway_url=_env_url("XL_GATEWAY_URL", "http://127.0.0.1:8080"),
+            gateway_api_key=env("XL_GATEWAY_API_KEY", ""),
             asr_url=_env_url("MM_ASR_URL", ""),
             llm_url=_env_url("MM_LLM_URL", ""),
             tts_url=_env_url("MM_TTS_URL", ""),
