@@ -98,22 +98,19 @@ def build_bom(image: str, facts: dict[str, Any], listed: dict[str, list[dict[str
     )
     bom = Bom()
     bom.metadata.component = subject
+    packages = [(PackageURL(type="pypi", name=p["name"].lower().replace("_", "-"), version=p["version"]), p)
+                for p in sorted(listed["python"], key=lambda p: p["name"].lower())]
+    packages += [(PackageURL(type="deb", namespace="debian", name=p["name"], version=p["version"],
+                             qualifiers={"arch": p["arch"]} if p.get("arch") else None), p)
+                 for p in sorted(listed["debian"], key=lambda p: p["name"])]
     seen: set[str] = set()
-    for package in sorted(listed["python"], key=lambda p: p["name"].lower()):
-        purl = PackageURL(type="pypi", name=package["name"].lower().replace("_", "-"), version=package["version"])
+    for purl, package in packages:
         if purl.to_string() in seen:
             continue
         seen.add(purl.to_string())
         bom.components.add(Component(type=ComponentType.LIBRARY, name=package["name"], version=package["version"],
-                                     purl=purl, licenses=_licenses(package["license"]), bom_ref=purl.to_string()))
-    for package in sorted(listed["debian"], key=lambda p: p["name"]):
-        purl = PackageURL(type="deb", namespace="debian", name=package["name"], version=package["version"],
-                          qualifiers={"arch": package.get("arch", "")} if package.get("arch") else None)
-        if purl.to_string() in seen:
-            continue
-        seen.add(purl.to_string())
-        bom.components.add(Component(type=ComponentType.LIBRARY, name=package["name"], version=package["version"],
-                                     purl=purl, bom_ref=purl.to_string()))
+                                     purl=purl, licenses=_licenses(package.get("license", "")),
+                                     bom_ref=purl.to_string()))
     # Everything listed is in the image; which package needs which is not read, so the graph stops there.
     bom.register_dependency(subject, list(bom.components))
     return bom

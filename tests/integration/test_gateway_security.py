@@ -86,11 +86,10 @@ def first_run(keys_file: Path) -> Iterator[PlaybookRun]:
     playbook("teardown.yml", "-e", f"@{ENV_SECURE}", "-e", f"@{keys_file}")
 
 
-def _transcribe(clip: Path, key: str | None) -> requests.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+def _transcribe(clip: Path, key: str) -> requests.Response:
     with clip.open("rb") as audio:
-        return requests.post(f"{URL}/v1/audio/transcriptions", files={"file": audio}, headers=headers,
-                             verify=str(CERT), timeout=60)
+        return requests.post(f"{URL}/v1/audio/transcriptions", files={"file": audio},
+                             headers={"Authorization": f"Bearer {key}"}, verify=str(CERT), timeout=60)
 
 
 def test_only_a_valid_key_over_tls_reaches_the_service(first_run: PlaybookRun, keys: dict[str, str],
