@@ -72,6 +72,22 @@ def xl_release_id(version: str, now: str | None = None) -> str:
     return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{version}"
 
 
+def xl_runtime_env(runtime: dict | None, prefix: str) -> dict[str, str]:
+    """A service's runtime settings as the environment its instances read: log_level is XL_LOG_LEVEL, every
+    other key <prefix>_<KEY>; values as strings (booleans lower-case), keys sorted."""
+    if runtime is not None and not isinstance(runtime, dict):
+        raise AnsibleFilterError(f"runtime settings must be a mapping, got {type(runtime).__name__}")
+    if not re.fullmatch(r"[A-Z][A-Z0-9]*", prefix or ""):
+        raise AnsibleFilterError(f"env_prefix {prefix!r} must be upper-case letters and digits")
+    env = {}
+    for key, value in sorted((runtime or {}).items()):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise AnsibleFilterError(f"runtime setting {key!r} must be lower-case letters, digits and _")
+        name = "XL_LOG_LEVEL" if key == "log_level" else f"{prefix}_{key.upper()}"
+        env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -83,4 +99,5 @@ class FilterModule:
             "xl_container": xl_container,
             "xl_other_colour": xl_other_colour,
             "xl_release_id": xl_release_id,
+            "xl_runtime_env": xl_runtime_env,
         }

@@ -10,8 +10,9 @@ short_description: Values of the configuration layer's secret references (Vault/
 description:
   - "Each term is a reference as the configuration layer writes it (see C(plugins/module_utils/xl_config.py)):
     V({vault: 'mount/path#key'}), the string V(vault:mount/path#key), or V({ansible_vault_file: 'file'}), or a
-    bare string V(mount/path#key). C(@<n>) after the key pins version C(n) of the secret; a string with no C(#key)
-    returns the whole secret as a mapping. C(file#key) reads the decrypted file as YAML and takes that key."
+    bare string V(mount/path#key). C(@<n>) at the end pins version C(n) of the secret; a string with no C(#key)
+    returns the whole secret as a mapping (V(vault:mount/path@3) - all keys of version 3). C(file#key) reads
+    the decrypted file as YAML and takes that key."
   - Returns one value per term. Use it in tasks with C(no_log) - the values are secrets.
   - Failures name the server, mount and path (or the file) and the cause - server unreachable, sealed, token
     invalid or expired, login refused, permission denied, path, version or key missing, wrong ansible-vault
@@ -29,6 +30,7 @@ options:
     env:
       - name: VAULT_ADDR
       - name: BAO_ADDR
+      - name: ANSIBLE_HASHI_VAULT_URL
     vars:
       - name: xl_vault_url
   auth_method:
@@ -36,6 +38,8 @@ options:
     type: str
     default: token
     choices: [token, approle, kubernetes]
+    env:
+      - name: ANSIBLE_HASHI_VAULT_AUTH_METHOD
     vars:
       - name: xl_vault_auth_method
   token:
@@ -44,6 +48,7 @@ options:
     env:
       - name: VAULT_TOKEN
       - name: BAO_TOKEN
+      - name: ANSIBLE_HASHI_VAULT_TOKEN
     vars:
       - name: xl_vault_token
   role_id:
@@ -51,6 +56,7 @@ options:
     type: str
     env:
       - name: XL_VAULT_ROLE_ID
+      - name: ANSIBLE_HASHI_VAULT_ROLE_ID
     vars:
       - name: xl_vault_role_id
   secret_id:
@@ -58,6 +64,7 @@ options:
     type: str
     env:
       - name: XL_VAULT_SECRET_ID
+      - name: ANSIBLE_HASHI_VAULT_SECRET_ID
     vars:
       - name: xl_vault_secret_id
   kubernetes_role:

@@ -204,3 +204,65 @@ def config_weights(text: str) -> dict[str, dict[str, int]]:
                 weight = int(words[words.index("weight", 3) + 1])
             weights.setdefault(backend, {})[words[1]] = weight
     return weights
+
+
+# --- maps: the gateway's API-key hashes live in one; rotation edits it at runtime ---------------------------
+
+
+def parse_map(text: str) -> dict[str, str]:
+    """`show map <file>` lines (``<ref> <key> <value>``) as key -> value; a key listed twice keeps its first value,
+    the one HAProxy's lookups return."""
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        words = line.split(None, 2)
+        if len(words) == 3 and words[0].startswith("0x"):
+            entries.setdefault(words[1], words[2].strip())
+    return entries
+
+
+def map_entries(socket_path: str, map_file: str) -> dict[str, str]:
+    """The entries a running HAProxy holds for the map loaded from `map_file`."""
+    answer = send_command(socket_path, f"show map {map_file}")
+    if "Unknown map identifier" in answer or "unknown map" in answer.lower():
+        raise HaproxyError(f"HAProxy has no map loaded from {map_file}: {answer.strip()}")
+    return parse_map(answer)
+
+
+def plan_map(current: dict[str, str], desired: dict[str, str]) -> list[str]:
+    """Runtime commands that turn `current` into `desired`: additions and changes first, deletions last, so an
+    entry that stays valid is never missing in between."""
+    for key, value in desired.items():
+        if not key or any(ch.isspace() for ch in key) or not value or any(ch.isspace() for ch in value):
+            raise ValueError("map keys and values must be non-empty and without spaces")
+    commands = []
+    for key, value in sorted(desired.items()):
+        if key not in current:
+            commands.append(f"add map {{map}} {key} {value}")
+        elif current[key] != value:
+            commands.append(f"set map {{map}} {key} {value}")
+    commands += [f"del map {{map}} {key}" for key in sorted(set(current) - set(desired))]
+    return commands
+
+
+def sync_map(socket_path: str, map_file: str, desired: dict[str, str], check_mode: bool = False) -> dict[str, Any]:
+    """Make the running map equal `desired` without a reload. The result names values (clients), never keys:
+    the keys of the gateway's map are hashes of credentials."""
+    current = map_entries(socket_path, map_file)
+    commands = [command.format(map=map_file) for command in plan_map(current, desired)]
+    result: dict[str, Any] = {
+        "changed": bool(commands),
+        "added": sorted(desired[key] for key in desired if key not in current),
+        "removed": sorted(current[key] for key in current if key not in desired),
+        "before": len(current),
+        "after": len(desired),
+    }
+    if check_mode or not commands:
+        return result
+    for command in commands:
+        answer = send_command(socket_path, command).strip()
+        if answer:
+            verb = " ".join(command.split()[:2])
+            raise HaproxyError(f"HAProxy refused '{verb}' on map {map_file}: {answer}")
+    if map_entries(socket_path, map_file) != desired:
+        raise HaproxyError(f"map {map_file} read back differs from what was set")
+    return result

@@ -52,7 +52,8 @@ PASSWORD_FILE_VARS = ("XL_VAULT_PASSWORD_FILE", "ANSIBLE_VAULT_PASSWORD_FILE")
 PASSWORD_VAR = "XL_VAULT_PASSWORD"  # noqa: S105 # nosec B105
 MASKED = "<masked>"
 REFERENCE_PREFIX = "vault:"
-_REFERENCE = re.compile(r"(?P<mount>[^/#\s]+)/(?P<path>[^#\s]+?)(?:#(?P<key>[^#\s]+?)(?:@(?P<version>\d+))?)?")
+# mount/path[#key][@version]: a version pins the whole secret too (rotation reads the keys it replaced).
+_REFERENCE = re.compile(r"(?P<mount>[^/#@\s]+)/(?P<path>[^#@\s]+?)(?:#(?P<key>[^#@\s]+?))?(?:@(?P<version>\d+))?")
 
 # Messages, not passwords (bandit's B105 reads the keys as such).
 CAUSES = {  # nosec B105
@@ -252,11 +253,11 @@ class Reference:
 
 
 def parse_reference(text: str, key_required: bool = False) -> Reference:
-    """``mount/path#key@version`` (``vault:`` prefix allowed) into a Reference; SecretError when malformed."""
+    """``mount/path[#key][@version]`` (``vault:`` prefix allowed) into a Reference; SecretError when malformed."""
     body = text[len(REFERENCE_PREFIX):] if text.startswith(REFERENCE_PREFIX) else text
     match = _REFERENCE.fullmatch(body.strip())
     if not match or (key_required and not match["key"]):
-        form = "mount/path#key" if key_required else "mount/path[#key[@version]]"
+        form = "mount/path#key" if key_required else "mount/path[#key][@version]"
         raise SecretError("bad_reference", repr(text), f"expected {form}")
     version = int(match["version"]) if match["version"] else None
     return Reference(match["mount"], match["path"].strip("/"), match["key"], version)

@@ -23,23 +23,25 @@ description:
     names) for rotation writes, and random rotation that never passes the new value through the playbook.
 options:
   url:
-    description: Address of the server. Defaults to E(VAULT_ADDR), then E(BAO_ADDR).
+    description: Address of the server. Defaults to E(VAULT_ADDR), then E(BAO_ADDR), then E(ANSIBLE_HASHI_VAULT_URL).
     type: str
     required: true
-    fallback: env VAULT_ADDR, BAO_ADDR
+    fallback: env VAULT_ADDR, BAO_ADDR, ANSIBLE_HASHI_VAULT_URL
   auth_method:
-    description: How to log in.
+    description: How to log in. Defaults to E(ANSIBLE_HASHI_VAULT_AUTH_METHOD) (what AWX credentials inject).
     type: str
     choices: [token, approle, kubernetes]
     default: token
   token:
-    description: Token for O(auth_method=token). Defaults to E(VAULT_TOKEN), then E(BAO_TOKEN).
+    description: Token for O(auth_method=token). Defaults to E(VAULT_TOKEN), E(BAO_TOKEN), E(ANSIBLE_HASHI_VAULT_TOKEN).
     type: str
   role_id:
-    description: AppRole role id for O(auth_method=approle).
+    description: AppRole role id for O(auth_method=approle). Defaults to E(XL_VAULT_ROLE_ID),
+      E(ANSIBLE_HASHI_VAULT_ROLE_ID).
     type: str
   secret_id:
-    description: AppRole secret id for O(auth_method=approle).
+    description: AppRole secret id for O(auth_method=approle). Defaults to E(XL_VAULT_SECRET_ID),
+      E(ANSIBLE_HASHI_VAULT_SECRET_ID).
     type: str
   kubernetes_role:
     description: Vault role to log in as for O(auth_method=kubernetes).
@@ -245,11 +247,15 @@ def run(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            url=dict(type="str", required=True, fallback=(env_fallback, ["VAULT_ADDR", "BAO_ADDR"])),
-            auth_method=dict(type="str", default="token", choices=["token", "approle", "kubernetes"]),
-            token=dict(type="str", no_log=True, fallback=(env_fallback, ["VAULT_TOKEN", "BAO_TOKEN"])),
-            role_id=dict(type="str"),
-            secret_id=dict(type="str", no_log=True),
+            url=dict(type="str", required=True,
+                     fallback=(env_fallback, ["VAULT_ADDR", "BAO_ADDR", "ANSIBLE_HASHI_VAULT_URL"])),
+            auth_method=dict(type="str", default="token", choices=["token", "approle", "kubernetes"],
+                             fallback=(env_fallback, ["ANSIBLE_HASHI_VAULT_AUTH_METHOD"])),
+            token=dict(type="str", no_log=True,
+                       fallback=(env_fallback, ["VAULT_TOKEN", "BAO_TOKEN", "ANSIBLE_HASHI_VAULT_TOKEN"])),
+            role_id=dict(type="str", fallback=(env_fallback, ["XL_VAULT_ROLE_ID", "ANSIBLE_HASHI_VAULT_ROLE_ID"])),
+            secret_id=dict(type="str", no_log=True,
+                           fallback=(env_fallback, ["XL_VAULT_SECRET_ID", "ANSIBLE_HASHI_VAULT_SECRET_ID"])),
             kubernetes_role=dict(type="str"),
             kubernetes_jwt_file=dict(type="path", default="/var/run/secrets/kubernetes.io/serviceaccount/token"),
             auth_mount_point=dict(type="str"),

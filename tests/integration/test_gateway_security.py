@@ -8,6 +8,7 @@ import hashlib
 import json
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,7 @@ def _vars_file(directory: Path, name: str, content: dict[str, object]) -> Path:
 def keys_file(tmp_path_factory: pytest.TempPathFactory, bao: OpenBaoDevServer) -> Path:
     # The keys come from the secret store through the xl_secret lookup, the way an inventory wires them.
     return _vars_file(tmp_path_factory.mktemp("secure"), "keys.json", {
-        "gateway_api_keys": f"{{{{ lookup('xl_secret', 'vault:secret/{KEYS_PATH}') }}}}",
+        "gateway_api_keys_secret": f"vault:secret/{KEYS_PATH}",
         "xl_vault_url": bao.url, "xl_vault_token": bao.root_token})
 
 
@@ -169,3 +170,66 @@ def test_bad_security_settings_stop_before_anything_changes(first_run: PlaybookR
     assert (config.read_text(), (RUN_DIR / "haproxy" / "api_keys.map").read_text()) == before
     still = requests.get(f"{URL}/nowhere", verify=str(CERT), timeout=10)
     assert still.status_code == 401, "the running gateway kept its settings"
+
+
+def _latest_key(bao: OpenBaoDevServer, client: str) -> str:
+    store = hvac.Client(url=bao.url, token=bao.root_token, timeout=5)
+    return store.secrets.kv.v2.read_secret_version(path=KEYS_PATH, mount_point="secret",
+                                                   raise_on_deleted_version=True)["data"]["data"][client]
+
+
+def test_rotating_a_key_drops_no_request_of_a_client_that_switches(first_run: PlaybookRun, keys: dict[str, str],
+                                                                   keys_file: Path, bao: OpenBaoDevServer) -> None:
+    old_key, rotated = keys["robot-kitchen"], ["-e", '{"gateway_rotate_clients": ["robot-kitchen"]}']
+    version_before = hvac.Client(url=bao.url, token=bao.root_token).secrets.kv.v2.read_secret_metadata(
+        path=KEYS_PATH, mount_point="secret")["data"]["current_version"]
+    planned = playbook("rotate_secrets.yml", "-e", f"@{ENV_SECURE}", "-e", f"@{keys_file}", *rotated, "--check")
+    assert planned.returncode == 0, planned.output[-3000:]
+    assert _latest_key(bao, "robot-kitchen") == old_key, "check mode wrote a new version"
+
+    # The client fetches its key from the store before every request, as a client told to switch would; it stays
+    # under the secure gateway's rate limit (10 requests in any 10 s).
+    statuses: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def switching_client() -> None:
+        while not stop.is_set():
+            key = _latest_key(bao, "robot-kitchen")
+            answer = requests.get(f"{URL}/nowhere", headers={"Authorization": f"Bearer {key}"},
+                                  verify=str(CERT), timeout=10)
+            statuses.append((key, answer.status_code))
+            stop.wait(1.5)
+
+    thread = threading.Thread(target=switching_client)
+    thread.start()
+    try:
+        run = playbook("rotate_secrets.yml", "-e", f"@{ENV_SECURE}", "-e", f"@{keys_file}", *rotated,
+                       "-e", "gateway_rotate_grace_s=8")
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join()
+    assert run.returncode == 0, run.output[-4000:]
+    new_key = _latest_key(bao, "robot-kitchen")
+    assert new_key != old_key and _latest_key(bao, "dashboard") == keys["dashboard"], "only the named client rotated"
+    assert f"version {version_before} -> {version_before + 1}" in run.output
+    # 404: past the key check (no such path). Every request of the switching client got there, with either key.
+    assert [status for _, status in statuses] == [404] * len(statuses), statuses
+    assert {key for key, _ in statuses} == {old_key, new_key}, "the client switched during the run"
+
+    def status_with(key: str) -> int:
+        return requests.get(f"{URL}/nowhere", headers={"Authorization": f"Bearer {key}"}, verify=str(CERT),
+                            timeout=10).status_code
+
+    assert status_with(old_key) == 401, "the old key is refused after the grace period"
+    assert status_with(new_key) == 404 and status_with(keys["dashboard"]) == 404
+    key_map = RUN_DIR / "haproxy" / "api_keys.map"
+    assert stat.S_IMODE(key_map.stat().st_mode) == 0o600
+    text = key_map.read_text()
+    assert hashlib.sha256(new_key.encode()).hexdigest() in text
+    assert hashlib.sha256(old_key.encode()).hexdigest() not in text
+    for secret in (old_key, new_key, keys["dashboard"], bao.root_token):
+        assert secret not in run.output and secret not in planned.output and secret not in text
+    # The role, run again, reads the new version and finds the gateway as the rotation left it.
+    again = _secure(keys_file)
+    assert again.returncode == 0 and again.changed == 0, again.output[-3000:]

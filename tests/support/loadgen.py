@@ -34,6 +34,7 @@ class LoadGenerator:
     outcomes: list[Outcome] = field(default_factory=list)
     json_body: dict[str, Any] | None = None  # posted as JSON instead of a clip (speech synthesis)
     audio_field: str = "file"
+    pause_s: float = 0.0  # think time of each client between its requests (0: back to back)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -63,6 +64,8 @@ class LoadGenerator:
                 outcome = Outcome(started, time.monotonic() - started, 0, "", f"{type(exc).__name__}: {exc}")
             with self._lock:
                 self.outcomes.append(outcome)
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
 
     def start(self) -> "LoadGenerator":
         for index in range(self.concurrency):

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.parse
 import wave
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ class FakeInstance:
 class Haproxy:
     """A real HAProxy with one backend `be_test` and the given servers (name -> (port, weight))."""
 
-    def __init__(self, workdir: Path, servers: dict[str, tuple[int, int]]):
+    def __init__(self, workdir: Path, servers: dict[str, tuple[int, int]], frontend: Sequence[str] = ()):
         self.workdir = workdir
         self.socket = str(workdir / "admin.sock")
         self.frontend_port = free_port()
@@ -141,6 +142,7 @@ class Haproxy:
             "    default-server inter 200ms fall 1 rise 1",
             "frontend fe",
             f"    bind 127.0.0.1:{self.frontend_port}",
+            *(f"    {line}" for line in frontend),
             "    default_backend be_test",
             "backend be_test",
             "    balance leastconn",

@@ -45,3 +45,12 @@ def test_bad_names_are_refused(bad: str) -> None:
 
 def test_release_id() -> None:
     assert f.xl_release_id("1.1.0", "2026-11-28T10:20:30+00:00") == "20261128T102030Z-1.1.0"
+
+
+def test_runtime_env_names_the_services_variables() -> None:
+    assert f.xl_runtime_env({"beam_size": 3, "log_level": "DEBUG", "queue_timeout_s": 2.5}, "ASR") == {
+        "ASR_BEAM_SIZE": "3", "ASR_QUEUE_TIMEOUT_S": "2.5", "XL_LOG_LEVEL": "DEBUG"}
+    assert f.xl_runtime_env(None, "MM") == {} and f.xl_runtime_env({"flag": True}, "TTS") == {"TTS_FLAG": "true"}
+    for bad, prefix in (({"Beam": 1}, "ASR"), ({}, "asr"), ([], "ASR")):
+        with pytest.raises(AnsibleFilterError):
+            f.xl_runtime_env(bad, prefix)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import xl_haproxy as hx
 
 from tests.support.servers import FakeInstance, Haproxy, free_port
@@ -112,3 +113,60 @@ def test_unknown_backend_is_named(tmp_path: Path) -> None:
 def test_drain_wait_returns_when_nothing_is_in_flight(tmp_path: Path) -> None:
     with FakeInstance() as blue, Haproxy(tmp_path, {"s_blue": (blue.port, 100)}) as proxy:
         assert hx.wait_until_drained(proxy.socket, "be_test", ["s_blue"], timeout=5) == {"s_blue": 0}
+
+
+def _keyed_haproxy(tmp_path: Path, entries: str) -> Haproxy:
+    """HAProxy answering 200 with the client a request's X-Key maps to, 401 when the key is not in the map."""
+    key_map = tmp_path / "keys.map"
+    key_map.write_text(entries)
+    return Haproxy(tmp_path, {}, frontend=[
+        f"http-request set-var(txn.client) req.hdr(x-key),map({key_map})",
+        'http-request return status 200 content-type text/plain lf-string "%[var(txn.client)]" '
+        "if { var(txn.client) -m found }",
+        "http-request return status 401",
+    ])
+
+
+def _client_of(proxy: Haproxy, key: str) -> str | int:
+    answer = requests.get(f"http://127.0.0.1:{proxy.frontend_port}/", headers={"X-Key": key}, timeout=5)
+    return answer.text if answer.status_code == 200 else answer.status_code
+
+
+def test_parse_map_keeps_the_first_value_of_a_key() -> None:
+    text = "0x55d1 aaa robot\n0x55d2 bbb dashboard\n0x55d3 aaa other\n\n"
+    assert hx.parse_map(text) == {"aaa": "robot", "bbb": "dashboard"}
+
+
+def test_plan_map_adds_before_it_deletes() -> None:
+    commands = hx.plan_map({"old": "robot", "same": "dash", "moved": "a"}, {"new": "robot", "same": "dash",
+                                                                          "moved": "b"})
+    assert commands == ["set map {map} moved b", "add map {map} new robot", "del map {map} old"]
+    assert hx.plan_map({"k": "v"}, {"k": "v"}) == []
+    with pytest.raises(ValueError, match="without spaces"):
+        hx.plan_map({}, {"a b": "robot"})
+
+
+def test_sync_map_rotates_keys_on_a_running_haproxy(tmp_path: Path) -> None:
+    key_map = str(tmp_path / "keys.map")
+    with _keyed_haproxy(tmp_path, "old-key robot\nother-key dashboard\n") as proxy:
+        assert _client_of(proxy, "old-key") == "robot"
+        grace = hx.sync_map(proxy.socket, key_map, {"old-key": "robot", "new-key": "robot",
+                                                    "other-key": "dashboard"})
+        assert grace["changed"] and grace["added"] == ["robot"] and grace["removed"] == []
+        assert _client_of(proxy, "old-key") == "robot" and _client_of(proxy, "new-key") == "robot"
+        done = hx.sync_map(proxy.socket, key_map, {"new-key": "robot", "other-key": "dashboard"})
+        assert done["removed"] == ["robot"] and done["after"] == 2
+        assert _client_of(proxy, "old-key") == 401 and _client_of(proxy, "new-key") == "robot"
+        assert _client_of(proxy, "other-key") == "dashboard"
+        again = hx.sync_map(proxy.socket, key_map, {"new-key": "robot", "other-key": "dashboard"})
+        assert again["changed"] is False
+
+
+def test_sync_map_check_mode_and_unknown_map(tmp_path: Path) -> None:
+    key_map = str(tmp_path / "keys.map")
+    with _keyed_haproxy(tmp_path, "old-key robot\n") as proxy:
+        planned = hx.sync_map(proxy.socket, key_map, {"new-key": "robot"}, check_mode=True)
+        assert planned["changed"] and planned["added"] == ["robot"] and planned["removed"] == ["robot"]
+        assert hx.map_entries(proxy.socket, key_map) == {"old-key": "robot"}
+        with pytest.raises(hx.HaproxyError, match=r"no map loaded from .*elsewhere\.map"):
+            hx.map_entries(proxy.socket, str(tmp_path / "elsewhere.map"))

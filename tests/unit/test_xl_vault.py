@@ -101,13 +101,15 @@ def error_of(call: Any) -> xv.SecretError:
     ("secret/xlerobot/gateway#api_key", xv.Reference("secret", "xlerobot/gateway", "api_key")),
     ("vault:secret/xlerobot/gateway#api_key@3", xv.Reference("secret", "xlerobot/gateway", "api_key", 3)),
     ("vault:kv/app", xv.Reference("kv", "app")),
+    ("vault:kv/app@7", xv.Reference("kv", "app", None, 7)),
     ("secret/a/b/c#key.with-dash", xv.Reference("secret", "a/b/c", "key.with-dash")),
 ])
 def test_parse_reference(text: str, expected: xv.Reference) -> None:
     assert xv.parse_reference(text) == expected
 
 
-@pytest.mark.parametrize("text", ["secret", "secret/#k", "/x#k", "secret/x#a#b", "secret/x #k"])
+@pytest.mark.parametrize("text", ["secret", "secret/#k", "/x#k", "secret/x#a#b", "secret/x #k",
+                                  "secret/x@y", "secret/x#k@"])
 def test_parse_reference_refuses_malformed(text: str) -> None:
     assert error_of(lambda: xv.parse_reference(text)).cause == "bad_reference"
 
@@ -504,6 +506,24 @@ def test_module_read_and_rotate(bao: OpenBaoDevServer, gateway: dict[str, Any]) 
     assert_no_values(json.dumps([read, checked, rotated]), latest, gateway["v1"], gateway["v2"])
     stale = run_vault_secret(bao, bao.root_token, rotate)  # cas 2, but the latest is 3 now
     assert stale.get("failed") and "check-and-set: the latest version is 3, not 2" in stale["msg"]
+
+
+def test_module_reads_the_connection_awx_credentials_inject(bao: OpenBaoDevServer, gateway: dict[str, Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # AWX's OpenBao/Vault credential types inject community.hashi_vault's variables, nothing else.
+    for name in ("VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANSIBLE_HASHI_VAULT_URL", bao.url)
+    monkeypatch.setenv("ANSIBLE_HASHI_VAULT_TOKEN", bao.root_token)
+    monkeypatch.setenv("ANSIBLE_HASHI_VAULT_AUTH_METHOD", "token")
+    read = ansible_cli.run_module("vault_secret", {"path": gateway["path"]}, python=ansible_cli.CONTROLLER_PYTHON)
+    assert (read.get("failed"), read["version"], read["keys"]) == (None, 2, ["admin_key", "api_key"]), read
+
+
+def test_a_whole_secret_at_a_pinned_version(bao: OpenBaoDevServer, gateway: dict[str, Any]) -> None:
+    resolver = xv.Resolver(client=lambda: client_for(bao, bao.root_token))
+    assert resolver.value(xv.parse_reference(f"vault:secret/{gateway['path']}@1")) == gateway["v1"]
+    assert resolver.value(xv.parse_reference(f"vault:secret/{gateway['path']}")) == gateway["v2"]
 
 
 def test_module_failures_name_path_and_cause(bao: OpenBaoDevServer, root: Any, gateway: dict[str, Any]) -> None:

@@ -185,3 +185,55 @@ def test_sigterm_lets_the_request_in_flight_finish(start_server, golden_clips) -
     assert word_error_rate(text, response.json()["text"]) <= 0.2
     # uvicorn re-raises SIGTERM once the in-flight work is done, so the exit is "terminated", not killed.
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_sighup_applies_runtime_settings_while_serving(start_server, golden_clips, tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime.json"
+    runtime.write_text('{"version": "cfg-one", "env": {"ASR_BEAM_SIZE": "1"}}')
+    server = start_server(XL_RUNTIME_FILE=str(runtime))
+    server.wait_ready()
+    assert requests.get(f"{server.url}/runtime", timeout=5).json()["reloadable"]["beam_size"] == 1
+    text, clip = next(iter(golden_clips.items()))
+    payload = clip.read_bytes()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            statuses.append(_post(server, files={"file": ("clip.wav", payload, "audio/wav")}).status_code)
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        time.sleep(1)
+        runtime.write_text('{"version": "cfg-two", "env": {"ASR_BEAM_SIZE": "3", "ASR_QUEUE_TIMEOUT_S": "20"}}')
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        applied = requests.get(f"{server.url}/runtime", timeout=5).json()
+        # A change that needs a new instance is refused; the instance keeps what it had.
+        runtime.write_text('{"version": "cfg-three", "env": {"ASR_BEAM_SIZE": "2", "ASR_CPU_THREADS": "1"}}')
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        refused = requests.get(f"{server.url}/runtime", timeout=5).json()
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert applied["version"] == "cfg-two" and applied["error"] is None
+    assert applied["reloadable"]["beam_size"] == 3 and applied["reloadable"]["queue_timeout_s"] == 20.0
+    assert refused["version"] == "cfg-two" and refused["reloadable"]["beam_size"] == 3
+    assert "ASR_CPU_THREADS: not a runtime setting" in refused["error"]
+    assert refused["reloads"] == {"applied": 1, "refused": 1}
+    assert server.process.poll() is None, "the same process served throughout"
+    # The client kept one request in flight the whole time (each takes over a second here).
+    assert statuses and set(statuses) == {200}, statuses
+    # The reloaded beam size is the one transcribing now.
+    answer = _post(server, files={"file": ("clip.wav", payload, "audio/wav")})
+    assert answer.status_code == 200 and word_error_rate(text, answer.json()["text"]) <= 0.2
+
+
+def test_a_runtime_file_that_needs_a_restart_stops_the_start(start_server, tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime.json"
+    runtime.write_text('{"version": "cfg-x", "env": {"ASR_MODEL_NAME": "other"}}')
+    server = start_server(XL_RUNTIME_FILE=str(runtime))
+    assert server.process.wait(timeout=30) == 2
+    assert "ASR_MODEL_NAME: not a runtime setting" in server.log_text()

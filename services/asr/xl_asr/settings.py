@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from xl_service.settings import Faults, Identity, env_float, env_int, faults, log_level
 
 
 @dataclass(frozen=True)
 class Settings:
+    # Runtime settings (environment variable -> field): read per request, so a running instance takes them on
+    # SIGHUP (xl_service.runtime); XL_LOG_LEVEL too.
+    RUNTIME_ENV: ClassVar[dict[str, str]] = {"ASR_BEAM_SIZE": "beam_size", "ASR_QUEUE_TIMEOUT_S": "queue_timeout_s"}
     identity: Identity = field(default_factory=lambda: Identity("asr"))
     model_dir: str = "/opt/models/whisper-base"
     model_name: str = "whisper-base"

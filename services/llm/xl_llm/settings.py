@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from xl_service.settings import Faults, Identity, SettingsError, env_float, env_int, faults, log_level
 
 
 @dataclass(frozen=True)
 class Settings:
+    # Runtime settings (environment variable -> field): read per request, so a running instance takes them on
+    # SIGHUP (xl_service.runtime); XL_LOG_LEVEL too.
+    RUNTIME_ENV: ClassVar[dict[str, str]] = {
+        "LLM_MAX_TOKENS": "max_tokens",
+        "LLM_TEMPERATURE": "temperature",
+        "LLM_TOP_P": "top_p",
+        "LLM_QUEUE_TIMEOUT_S": "queue_timeout_s",
+    }
     identity: Identity = field(default_factory=lambda: Identity("llm"))
     # Any chat GGUF llama.cpp reads: a GPU host mounts a larger one and points these two settings at it.
     model_path: str = "/opt/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"

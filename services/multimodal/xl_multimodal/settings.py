@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from xl_service.settings import Faults, Identity, SettingsError, env_float, env_int, faults, log_level
 
@@ -21,6 +22,13 @@ def _env_url(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    # Runtime settings (environment variable -> field): read per request, so a running instance takes them on
+    # SIGHUP (xl_service.runtime); XL_LOG_LEVEL too.
+    RUNTIME_ENV: ClassVar[dict[str, str]] = {
+        "MM_MAX_TOKENS": "max_tokens",
+        "MM_TEMPERATURE": "temperature",
+        "MM_QUEUE_TIMEOUT_S": "queue_timeout_s",
+    }
     identity: Identity = field(default_factory=lambda: Identity("multimodal"))
     # The three stages are reached through the gateway by default, so they follow its traffic split.
     gateway_url: str = "http://127.0.0.1:8080"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from xl_service.settings import Faults, Identity, SettingsError, env_float, env_int, faults, log_level
 
@@ -35,6 +36,9 @@ def _env_fallback(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    # Runtime settings (environment variable -> field): read per request, so a running instance takes them on
+    # SIGHUP (xl_service.runtime); XL_LOG_LEVEL too.
+    RUNTIME_ENV: ClassVar[dict[str, str]] = {"TTS_QUEUE_TIMEOUT_S": "queue_timeout_s"}
     identity: Identity = field(default_factory=lambda: Identity("tts"))
     voice_model: str = "/opt/models/joe-medium/en_US-joe-medium.onnx"
     model_name: str = "piper-joe-medium"

@@ -1,0 +1,77 @@
+"""Runtime settings reach running instances without a restart: playbooks/reload.yml under load, a setting the
+service does not reload refused with the instance and its file as they were, a bad value stopped by the schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import GOOD, RUN_DIR, TRANSCRIBE, playbook, served_by, services_overrides
+from tests.support.loadgen import LoadGenerator
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
+
+PORTS = {"blue": 18101, "green": 18102}
+
+
+def _reload(runtime: dict[str, object]) -> str:
+    return json.dumps(services_overrides(asr={"runtime": runtime}))
+
+
+def _started(container: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", container], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_runtime_settings_reach_the_live_instance_under_load(golden_clips: dict[str, Path]) -> None:
+    live = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr")
+    assert live.returncode == 0, live.output[-3000:]
+    colour = served_by(1)[0].split("/")[-1]
+    container, runtime_url = f"xlt-asr-{colour}", f"http://127.0.0.1:{PORTS[colour]}/runtime"
+    runtime_file = RUN_DIR / "runtime" / container / "runtime.json"
+    started = _started(container)
+
+    load = LoadGenerator(TRANSCRIBE, golden_clips["Turn off the radio in the living room"], concurrency=2).start()
+    try:
+        time.sleep(3)
+        run = playbook("reload.yml", "-e", _reload({"beam_size": 2, "log_level": "DEBUG"}))
+        load.wait_for_answers_after(time.monotonic())
+    finally:
+        load.stop()
+    assert run.returncode == 0, run.output[-4000:]
+    assert load.outcomes and not load.failures, load.failures[:3]
+    assert _started(container) == started, "the same container served throughout"
+    applied = requests.get(runtime_url, timeout=5).json()
+    assert applied["reloadable"]["beam_size"] == 2 and applied["reloadable"]["log_level"] == "DEBUG"
+    assert applied["error"] is None and applied["version"].startswith("rt-")
+    assert json.loads(runtime_file.read_text()) == {"version": applied["version"],
+                                                     "env": {"ASR_BEAM_SIZE": "2", "XL_LOG_LEVEL": "DEBUG"}}
+
+    again = playbook("reload.yml", "-e", _reload({"beam_size": 2, "log_level": "DEBUG"}))
+    assert again.returncode == 0 and again.changed == 0, again.output[-3000:]
+
+    # A setting speech recognition does not reload: refused by the instance, which keeps what it had.
+    before = runtime_file.read_text()
+    refused = playbook("reload.yml", "-e", _reload({"beam_size": 2, "log_level": "DEBUG", "max_tokens": 5}))
+    assert refused.returncode != 0
+    assert f"asr/{colour} ({container}) refused runtime settings" in refused.output
+    assert "ASR_MAX_TOKENS: not a runtime setting" in refused.output
+    assert runtime_file.read_text() == before, "the previous runtime file is back"
+    kept = requests.get(runtime_url, timeout=5).json()
+    assert kept["version"] == applied["version"] and kept["reloadable"]["beam_size"] == 2
+    assert _started(container) == started
+
+    # A value the schema refuses stops before any host is touched.
+    invalid = playbook("reload.yml", "-e", _reload({"beam_size": 0}))
+    assert invalid.returncode != 0 and "services.asr.runtime.beam_size" in invalid.output
+    assert runtime_file.read_text() == before
+
+    # Back to the catalogue's settings, for the scenarios after this one.
+    reset = playbook("reload.yml")
+    assert reset.returncode == 0, reset.output[-3000:]
+    assert requests.get(runtime_url, timeout=5).json()["reloadable"]["beam_size"] == 1
