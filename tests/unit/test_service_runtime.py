@@ -3,6 +3,8 @@ file leaves the settings as they were, and a restart applies the same rule."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 from collections.abc import Iterator
@@ -121,3 +123,21 @@ def test_a_runtime_variable_that_moves_another_field_is_refused(environ: Any, tm
     write(runtime, "cfg-1", T_BEAM="2")
     with pytest.raises(RuntimeFileError, match="threads cannot change while running"):
         LiveSettings(EntangledSettings.from_env, str(runtime)).start()
+
+
+SAMPLE_VALUES = {"beam_size": "3", "queue_timeout_s": "7.5", "max_tokens": "17", "temperature": "0.7", "top_p": "0.5"}
+
+
+@pytest.mark.parametrize("module", ["xl_asr.settings", "xl_tts.settings", "xl_llm.settings",
+                                    "xl_multimodal.settings"])
+def test_each_runtime_variable_moves_its_own_field_only(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_class = importlib.import_module(module).Settings
+    base = settings_class.from_env()
+    for variable, field_name in settings_class.RUNTIME_ENV.items():
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, SAMPLE_VALUES[field_name])
+            moved = settings_class.from_env()
+        assert getattr(moved, field_name) != getattr(base, field_name), f"{variable} does not set {field_name}"
+        others = [f.name for f in dataclasses.fields(base) if f.name != field_name
+                  and getattr(base, f.name) != getattr(moved, f.name)]
+        assert others == [], f"{variable} also moves {others}"
