@@ -12,7 +12,9 @@ export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
 export ANSIBLE_FORCE_COLOR ?= 0
 
 .PHONY: up venv bootstrap build deploy test unit integration lint molecule sbom bench teardown
-MOLECULE_SCENARIOS := daemon gateway registry monitoring
+# Longest first, so that the parallel lanes end together.
+MOLECULE_SCENARIOS := docker_engine monitoring gateway registry daemon
+MOLECULE_JOBS ?= 3
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
 up: bootstrap build deploy
@@ -38,7 +40,7 @@ unit: bootstrap
 
 ## End-to-end deploys on the real engine, gateway and Prometheus (builds the test versions' images).
 integration: bootstrap
-	pytest -m integration
+	pytest -m integration --durations=20
 
 ## A CycloneDX SBOM of each service image of VERSION, read from the image (reports/sbom/).
 sbom: bootstrap
@@ -47,7 +49,7 @@ sbom: bootstrap
 ## Role tests on production-like test hosts (systemd as PID 1), built locally.
 molecule: bootstrap
 	ansible-playbook playbooks/test_hosts.yml
-	for scenario in $(MOLECULE_SCENARIOS); do PY_COLORS=0 molecule test -s $$scenario; done
+	MOLECULE_JOBS=$(MOLECULE_JOBS) ./scripts/molecule_all.sh $(MOLECULE_SCENARIOS)
 
 lint: venv
 	yamllint -s .
