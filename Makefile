@@ -11,10 +11,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: up venv bootstrap build deploy test unit integration lint molecule sbom bench teardown
+.PHONY: up venv bootstrap build deploy test test-images unit integration lint molecule sbom bench teardown
 # Longest first, so that the parallel lanes end together.
-MOLECULE_SCENARIOS := docker_engine monitoring gateway registry daemon
-MOLECULE_JOBS ?= 3
+MOLECULE_SCENARIOS := docker_engine common monitoring gateway gpu registry daemon
+MOLECULE_JOBS ?= 2
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
 up: bootstrap build deploy
@@ -32,11 +32,26 @@ deploy:
 	ansible-playbook playbooks/deploy.yml -e strategy=$(STRATEGY) -e version=$(VERSION)
 
 ## Second command: the whole test suite (lint, unit, service, end-to-end), set-up included.
-test: bootstrap lint molecule unit integration
+test: bootstrap lint molecule test-images unit integration
+
+ifeq ($(MAKECMDGOALS),test)
+# The role scenarios and the builds of the end-to-end images run side by side: neither measures time, and the
+# builds wait mostly on the registry and the network. The tests then run one phase at a time, since the
+# end-to-end gates measure latency.
+MAKEFLAGS += -j2 --output-sync=target
+molecule test-images: | lint
+unit: | molecule test-images
+integration: | unit
+integration: export XL_TEST_IMAGES_PREBUILT = 1
+endif
 
 ## Plugins' logic and the services against their real models; fails under 80 % coverage (pyproject.toml).
 unit: bootstrap
 	pytest -m "not integration" --cov --cov-report=term --cov-report=xml:.cache/coverage/coverage.xml
+
+## Every image version the end-to-end tests deploy (faults baked in), built and pushed to the local registry.
+test-images: bootstrap
+	python -m tests.support.e2e_images
 
 ## End-to-end deploys on the real engine, gateway and Prometheus (builds the test versions' images).
 integration: bootstrap

@@ -19,6 +19,8 @@ import pytest
 import requests
 import yaml
 
+from tests.support import e2e_images
+
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).with_name("env-test.yml")
 FLEET_ENV_FILE = Path(__file__).with_name("env-fleet.yml")
@@ -26,9 +28,9 @@ FLEET_INVENTORY = REPO / "inventories" / "local-fleet" / "hosts.yml"
 GATEWAY = "http://127.0.0.1:18080"
 TRANSCRIBE = f"{GATEWAY}/v1/audio/transcriptions"
 RUN_DIR = REPO / ".run" / "test"
-GOOD, NEXT = "1.0.0", "1.1.0"
-NEVER_READY, GARBLED, ERRORS = "1.1.0-never-ready", "1.1.0-garbled", "1.1.0-errors"
-CRASHES, ERRORS_5, SLOW = "1.1.0-crashes", "1.1.0-errors-5", "1.1.0-slow"
+GOOD, NEXT = e2e_images.GOOD, e2e_images.NEXT
+NEVER_READY, GARBLED, ERRORS = e2e_images.NEVER_READY, e2e_images.GARBLED, e2e_images.ERRORS
+CRASHES, ERRORS_5, SLOW = e2e_images.CRASHES, e2e_images.ERRORS_5, e2e_images.SLOW
 
 
 @dataclass
@@ -86,21 +88,11 @@ def docker_names(prefix: str = "xlt-") -> set[str]:
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, tuple[str, str]]:
-    """Every version the scenarios deploy, built from the same service code (faults baked in as settings)."""
-    # ERRORS passes its one-clip smoke gate and then fails 30 % of real traffic, for canary analysis to catch.
-    # GARBLED speech recognition mishears, GARBLED speech synthesis says other words than asked, and a GARBLED
-    # multimodal service speaks other words than its reply.
-    builds = {GOOD: ("", "asr,tts,llm,multimodal"), NEXT: ("", "asr,tts,llm"), NEVER_READY: ("never_ready", "asr"),
-              GARBLED: ("garble", "asr,tts,multimodal"), ERRORS: ("error_rate=0.3,errors_after=1", "asr"),
-              CRASHES: ("crash_after_s=10", "asr"),
-              ERRORS_5: ("error_rate=0.05,errors_after=1", "tts"), SLOW: ("latency_ms=500", "tts")}
-    for version, (fault, services) in builds.items():
-        # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
-        force = ("-e", "force=true") if fault else ()
-        run = playbook("build.yml", "-e", f"version={version}", "-e", f"services={services}", "-e", f"fault={fault}",
-                       *force, test_env=False)
-        assert run.returncode == 0, run.output[-4000:]
-    return builds
+    """Every version the scenarios deploy (tests/support/e2e_images.py): built here, unless `make test` built
+    them earlier in the same run."""
+    if os.environ.get(e2e_images.PREBUILT_ENV) != "1":
+        e2e_images.build_all()
+    return e2e_images.BUILDS
 
 
 class Webhook:
