@@ -560,23 +560,108 @@ def read_applied(state_file: str) -> dict[str, Any] | None:
     return record
 
 
-def record_applied(state_file: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-    """Write `record` atomically (mode 0600) and append `event` to ``<state_file>.history.jsonl``."""
-    directory = os.path.dirname(os.path.abspath(state_file))
+def versions_dir(state_file: str) -> str:
+    """Where every applied version is kept whole, one ``<version>.json`` each, beside the record."""
+    return state_file + ".versions"
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write `text` to `path` atomically, mode 0600 (the configuration may hold secret references)."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o750, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".config-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+            out.write(text)
         os.chmod(tmp_path, 0o600)
-        os.replace(tmp_path, state_file)
+        os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+def record_applied(state_file: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+    """Write `record` atomically (mode 0600), keep it as ``<versions_dir>/<version>.json`` and append `event` to
+    ``<state_file>.history.jsonl``."""
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    _write_private(os.path.join(versions_dir(state_file), f"{record['version']}.json"), text)
+    _write_private(state_file, text)
     fd = os.open(state_file + ".history.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as out:
         out.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+
+
+def applied_versions(state_file: str) -> list[dict[str, Any]]:
+    """The versions applied so far, oldest first, each once at its latest application: {version, at}."""
+    history = state_file + ".history.jsonl"
+    if not os.path.exists(history):
+        return []
+    latest: dict[str, str] = {}
+    with open(history, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                event = json.loads(line)
+                version, at = event["version"], event.get("at", "")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{history} line {number} is not a history event: {exc}") from exc
+            latest.pop(version, None)
+            latest[version] = at
+    return [{"version": version, "at": at} for version, at in latest.items()]
+
+
+_VERSION = re.compile(r"^cfg-[0-9a-f]{12}$")
+
+
+def read_version(state_file: str, version: str) -> dict[str, Any]:
+    """The record of an earlier applied `version` (see record_applied); a clear error names the known ones."""
+    if not _VERSION.match(version):
+        raise ConfigError(f"{version!r} is not a configuration version (cfg- and 12 hex digits, as validate.yml "
+                          "prints and the history records)")
+    path = os.path.join(versions_dir(state_file), f"{version}.json")
+    if not os.path.exists(path):
+        known = applied_versions(state_file)[-10:]
+        listed = ", ".join(f"{entry['version']} ({entry['at']})" for entry in reversed(known)) or "none yet"
+        raise ConfigError(f"configuration version {version} was never applied in this environment "
+                          f"(record {state_file}); the latest applied: {listed}")
+    record = read_applied(path)
+    if record is None or record.get("version") != version or content_version(record["config"]) != version:
+        raise ConfigError(f"{path} does not hold configuration {version} (its content hashes differently)")
+    return record
+
+
+def _resolve(schema: Mapping[str, Any], node: Any) -> Any:
+    """`node` with a local ``$ref`` followed; keywords beside the ``$ref`` (such as ``x-restart``) win."""
+    seen = 0
+    while isinstance(node, Mapping) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
+        target: Any = schema
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = {**target, **{key: value for key, value in node.items() if key != "$ref"}}
+        seen += 1
+        if seen > 32:
+            raise ConfigError(f"schema $ref loop at {node.get('$ref')}")
+    return node
+
+
+def needs_restart(schema: Mapping[str, Any], path: str) -> bool:
+    """Whether a change at `path` (as diff() names it) reaches instances only through a restart: the deepest
+    ``x-restart`` on the way down the schema decides; a path the schema does not mark counts as a restart."""
+    node = _resolve(schema, schema)
+    marked: bool | None = None
+    for key in re.sub(r"\[\d+\]", "", path).split("."):
+        if isinstance(node.get("x-restart"), bool):
+            marked = node["x-restart"]
+        properties = node.get("properties") or {}
+        if key in properties:
+            node = _resolve(schema, properties[key])
+        elif isinstance(node.get("additionalProperties"), Mapping):
+            node = _resolve(schema, node["additionalProperties"])
+        else:
+            return marked is not False
+    if isinstance(node.get("x-restart"), bool):
+        marked = node["x-restart"]
+    return marked is not False
 
 
 def utc_now() -> str:

@@ -21,8 +21,11 @@ description:
   - Returns the merged configuration, where each value came from, and a content version (a hash of the
     merged configuration).
   - With O(state_file), compares the version with the one recorded there; when they differ the task is
-    changed, and (outside check mode) the record is replaced atomically (mode 0600) and a line is appended to
-    C(<state_file>.history.jsonl).
+    changed, and (outside check mode) the record is replaced atomically (mode 0600), the version is kept whole
+    as C(<state_file>.versions/<version>.json) and a line is appended to C(<state_file>.history.jsonl).
+  - With O(restore_version), the configuration is an earlier applied version read from that store instead of
+    the layers; it is validated against today's schema and policies like merged layers are, and recorded as
+    applied again.
 options:
   config_dir:
     description: Directory holding the layer directories (C(base), C(environments), ...), usually C(config).
@@ -61,6 +64,12 @@ options:
       - JSON record of the configuration applied last (version, environment, configuration).
       - When given, the task is changed exactly when the merged configuration differs from the recorded one.
     type: path
+  restore_version:
+    description:
+      - An earlier applied version (C(cfg-) and 12 hex digits) to return to, read from
+        C(<state_file>.versions/) instead of merging the layers. Needs O(state_file).
+      - A version never applied in this environment fails, naming the latest applied ones.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -162,6 +171,21 @@ diff:
   description: The recorded configuration (C(before)) and the merged one (C(after)).
   returned: when O(state_file) is given
   type: dict
+restart_paths:
+  description: Paths of RV(changes) that reach instances only when they restart (schema C(x-restart) true or unmarked).
+  returned: when O(state_file) is given
+  type: list
+  elements: str
+reload_paths:
+  description: Paths of RV(changes) the services reload while running (schema C(x-restart) false).
+  returned: when O(state_file) is given
+  type: list
+  elements: str
+applied_versions:
+  description: Versions applied in this environment so far, oldest first (C(version), C(at) of the latest application).
+  returned: when O(state_file) is given
+  type: list
+  elements: dict
 """
 
 import traceback
@@ -171,6 +195,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 try:
     from ansible.module_utils.xl_config import (
         ConfigError,
+        applied_versions,
         check_environment,
         check_policies,
         content_version,
@@ -180,7 +205,9 @@ try:
         load_schema,
         make_layer,
         merge,
+        needs_restart,
         read_applied,
+        read_version,
         record_applied,
         render_service,
         utc_now,
@@ -204,7 +231,9 @@ def main():
                 data=dict(type="dict", required=True),
             )),
             state_file=dict(type="path"),
+            restore_version=dict(type="str"),
         ),
+        required_by={"restore_version": "state_file"},
         supports_check_mode=True,
     )
     if IMPORT_ERROR:
@@ -216,10 +245,23 @@ def main():
     try:
         schema = load_schema(schema_path)
         check_environment(environment, schema)
-        layers = load_layers(params["config_dir"], environment)
-        layers += [make_layer(extra["name"], f"extra_layers[{index}]", extra["data"])
-                   for index, extra in enumerate(params["extra_layers"])]
-        merged, origins = merge(layers)
+        if params["restore_version"] and params["extra_layers"]:
+            raise ConfigError("restore_version returns to a whole recorded configuration; extra_layers cannot be "
+                              "merged into it")
+        restored = read_version(params["state_file"], params["restore_version"]) if params["restore_version"] else None
+        if restored is not None:
+            if restored.get("environment") != environment:
+                raise ConfigError(f"configuration {params['restore_version']} was applied to environment "
+                                  f"{restored.get('environment')!r}, not {environment!r}")
+            merged = restored["config"]
+            origins = {path: origin if origin.startswith("cfg-") else f"{params['restore_version']}:{origin}"
+                       for path, origin in (restored.get("origins") or {}).items()}
+            layers = []
+        else:
+            layers = load_layers(params["config_dir"], environment)
+            layers += [make_layer(extra["name"], f"extra_layers[{index}]", extra["data"])
+                       for index, extra in enumerate(params["extra_layers"])]
+            merged, origins = merge(layers)
         violations = sorted(validate(merged, schema, origins) + check_policies(merged, environment, origins),
                             key=lambda v: (v.path, v.rule, v.message))
         if violations:
@@ -228,7 +270,8 @@ def main():
                     + format_violations(violations),
                 violations=[vars(v) for v in violations])
         result = dict(changed=False, merged=merged, origins=origins, version=content_version(merged),
-                      layers=[layer.origin for layer in layers], violations=[])
+                      layers=[layer.origin for layer in layers] or [f"restored:{params['restore_version']}"],
+                      violations=[])
         if params["service"]:
             result["rendered"] = render_service(merged, params["service"])
         if params["state_file"]:
@@ -237,6 +280,8 @@ def main():
             result["recorded_version"] = recorded.get("version") if recorded else None
             result["changes"] = diff(before, merged, origins)
             result["changed"] = result["recorded_version"] != result["version"]
+            result["restart_paths"] = [c["path"] for c in result["changes"] if needs_restart(schema, c["path"])]
+            result["reload_paths"] = [c["path"] for c in result["changes"] if not needs_restart(schema, c["path"])]
             result["diff"] = {"before": before, "after": merged, "before_header": params["state_file"],
                               "after_header": f"{environment} {result['version']}"}
             if result["changed"] and not module.check_mode:
@@ -247,7 +292,9 @@ def main():
                      "origins": origins},
                     {"at": at, "environment": environment, "version": result["version"],
                      "previous_version": result["recorded_version"],
-                     "changed_paths": [change["path"] for change in result["changes"]]})
+                     "changed_paths": [change["path"] for change in result["changes"]],
+                     **({"restored": True} if restored is not None else {})})
+            result["applied_versions"] = applied_versions(params["state_file"])
     except ConfigError as exc:
         module.fail_json(msg=str(exc), violations=[])
     except OSError as exc:

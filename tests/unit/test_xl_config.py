@@ -465,10 +465,72 @@ def test_record_applied_is_private_and_keeps_history(tmp_path: Path) -> None:
     history = Path(f"{state}.history.jsonl")
     assert [json.loads(line)["version"] for line in history.read_text().splitlines()] == ["cfg-1", "cfg-2"]
     assert history.stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in state.parent.iterdir()) == ["config.json", "config.json.history.jsonl"]
+    assert sorted(p.name for p in state.parent.iterdir()) == [
+        "config.json", "config.json.history.jsonl", "config.json.versions"]
+    kept = Path(cfg.versions_dir(str(state)))
+    assert sorted(p.name for p in kept.iterdir()) == ["cfg-1.json", "cfg-2.json"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in kept.iterdir())
+    assert json.loads((kept / "cfg-1.json").read_text()) == {"version": "cfg-1", "config": {"a": 1}}
     state.write_text("[]")
     with pytest.raises(cfg.ConfigError, match="has no 'config' mapping"):
         cfg.read_applied(str(state))
+
+
+def _apply(state: Path, config: dict[str, Any], at: str) -> str:
+    version = cfg.content_version(config)
+    cfg.record_applied(str(state), {"version": version, "environment": "local", "at": at, "config": config},
+                       {"version": version, "at": at})
+    return version
+
+
+def test_earlier_versions_are_read_back_whole_and_listed_once_each(tmp_path: Path) -> None:
+    state = tmp_path / "config.json"
+    one = _apply(state, {"a": 1}, "2026-01-01T00:00:00Z")
+    two = _apply(state, {"a": 2}, "2026-01-02T00:00:00Z")
+    _apply(state, {"a": 1}, "2026-01-03T00:00:00Z")
+    assert cfg.read_version(str(state), two)["config"] == {"a": 2}
+    assert cfg.applied_versions(str(state)) == [{"version": two, "at": "2026-01-02T00:00:00Z"},
+                                                {"version": one, "at": "2026-01-03T00:00:00Z"}]
+
+
+def test_a_version_never_applied_is_named_with_the_latest_ones(tmp_path: Path) -> None:
+    state = tmp_path / "config.json"
+    with pytest.raises(cfg.ConfigError, match=r"cfg-0123456789ab was never applied .* the latest applied: none yet"):
+        cfg.read_version(str(state), "cfg-0123456789ab")
+    one = _apply(state, {"a": 1}, "2026-01-01T00:00:00Z")
+    with pytest.raises(cfg.ConfigError, match=rf"the latest applied: {one} \(2026-01-01T00:00:00Z\)$"):
+        cfg.read_version(str(state), "cfg-0123456789ab")
+
+
+@pytest.mark.parametrize("version", ["../config", "cfg-0123", "cfg-0123456789AB", "latest"])
+def test_only_version_names_are_read(tmp_path: Path, version: str) -> None:
+    with pytest.raises(cfg.ConfigError, match="is not a configuration version"):
+        cfg.read_version(str(tmp_path / "config.json"), version)
+
+
+def test_a_kept_version_whose_content_changed_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "config.json"
+    one = _apply(state, {"a": 1}, "2026-01-01T00:00:00Z")
+    kept = Path(cfg.versions_dir(str(state))) / f"{one}.json"
+    kept.write_text(json.dumps({"version": one, "config": {"a": 99}}))
+    with pytest.raises(cfg.ConfigError, match="hashes differently"):
+        cfg.read_version(str(state), one)
+
+
+@pytest.mark.parametrize(("path", "restart"), [
+    ("services.asr.runtime.beam_size", False),
+    ("services.asr.runtime.log_level", False),
+    ("services.asr.memory", True),
+    ("services.asr.env.ASR_MODEL", True),
+    ("services.asr.ports.blue", True),
+    ("gateway.port", True),
+    # Not marked in the schema: the safe side.
+    ("services.asr.gates", True),
+    ("services.asr.gates[0].timeout", True),
+    ("no_such_section.value", True),
+])
+def test_restart_or_reload_follows_the_schema(schema: dict[str, Any], path: str, restart: bool) -> None:
+    assert cfg.needs_restart(schema, path) is restart
 
 
 # --- merge properties ------------------------------------------------------------------------------------------
@@ -607,4 +669,50 @@ def test_module_records_once_then_is_idempotent(tmp_path: Path) -> None:
     again = run_module(args)
     assert again["changed"] is False, again
     assert again["changes"] == []
+    assert len(Path(f"{state}.history.jsonl").read_text().splitlines()) == 1
+
+
+def test_module_returns_to_an_earlier_version_in_one_run(tmp_path: Path) -> None:
+    state = tmp_path / "run" / "config.json"
+    write_yaml(tmp_path, "base/services.yml", {"xlerobot_services": {"asr": {**ASR, "runtime": {"beam_size": 1}}}})
+    args = {"config_dir": str(tmp_path), "environment": "local", "schema": str(SCHEMA_PATH), "state_file": str(state)}
+    first = run_module(args)
+    assert first["changed"] is True, first
+    write_yaml(tmp_path, "base/services.yml",
+               {"xlerobot_services": {"asr": {**ASR, "memory": "4g", "runtime": {"beam_size": 3}}}})
+    second = run_module(args)
+    assert second["changed"] is True and second["version"] != first["version"], second
+    assert second["restart_paths"] == ["services.asr.memory"]
+    assert second["reload_paths"] == ["services.asr.runtime.beam_size"]
+
+    planned = run_module({**args, "restore_version": first["version"]}, "--check")
+    assert planned["changed"] is True and planned["version"] == first["version"], planned
+    assert json.loads(state.read_text())["version"] == second["version"]
+
+    restored = run_module({**args, "restore_version": first["version"]})
+    assert restored["changed"] is True, restored
+    assert restored["version"] == first["version"]
+    assert restored["merged"] == first["merged"]
+    assert restored["origins"]["services.asr.memory"] == f"{first['version']}:base:base/services.yml"
+    assert [c["path"] for c in restored["changes"]] == ["services.asr.memory", "services.asr.runtime.beam_size"]
+    assert json.loads(state.read_text())["version"] == first["version"]
+    events = [json.loads(line) for line in Path(f"{state}.history.jsonl").read_text().splitlines()]
+    assert [e["version"] for e in events] == [first["version"], second["version"], first["version"]]
+    assert events[-1]["restored"] is True and events[-1]["previous_version"] == second["version"]
+    assert [v["version"] for v in restored["applied_versions"]] == [second["version"], first["version"]]
+
+    again = run_module({**args, "restore_version": first["version"]})
+    assert again["changed"] is False and again["changes"] == [], again
+
+
+def test_module_refuses_a_version_never_applied_and_changes_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "config.json"
+    args = {"config_dir": str(REPO / "config"), "environment": "local", "state_file": str(state)}
+    applied = run_module(args)
+    result = run_module({**args, "restore_version": "cfg-0123456789ab"})
+    assert result.get("failed") is True, result
+    assert result["msg"] == (f"configuration version cfg-0123456789ab was never applied in this environment (record "
+                             f"{state}); the latest applied: {applied['version']} "
+                             f"({applied['applied_versions'][-1]['at']})")
+    assert json.loads(state.read_text())["version"] == applied["version"]
     assert len(Path(f"{state}.history.jsonl").read_text().splitlines()) == 1
