@@ -62,8 +62,15 @@ options:
   state_file:
     description:
       - JSON record of the configuration applied last (version, environment, configuration).
-      - When given, the task is changed exactly when the merged configuration differs from the recorded one.
+      - When given, the task is changed exactly when the merged configuration differs from the recorded one (and
+        O(record) is true).
     type: path
+  record:
+    description:
+      - Write the record, the kept version and the history line when the version changed (needs O(state_file)).
+      - V(false) only compares with the record, for a run that records after it has applied the configuration.
+    type: bool
+    default: true
   restore_version:
     description:
       - An earlier applied version (C(cfg-) and 12 hex digits) to return to, read from
@@ -232,6 +239,7 @@ def main():
             )),
             state_file=dict(type="path"),
             restore_version=dict(type="str"),
+            record=dict(type="bool", default=True),
         ),
         required_by={"restore_version": "state_file"},
         supports_check_mode=True,
@@ -279,12 +287,12 @@ def main():
             before = recorded["config"] if recorded else {}
             result["recorded_version"] = recorded.get("version") if recorded else None
             result["changes"] = diff(before, merged, origins)
-            result["changed"] = result["recorded_version"] != result["version"]
+            result["changed"] = params["record"] and result["recorded_version"] != result["version"]
             result["restart_paths"] = [c["path"] for c in result["changes"] if needs_restart(schema, c["path"])]
             result["reload_paths"] = [c["path"] for c in result["changes"] if not needs_restart(schema, c["path"])]
             result["diff"] = {"before": before, "after": merged, "before_header": params["state_file"],
                               "after_header": f"{environment} {result['version']}"}
-            if result["changed"] and not module.check_mode:
+            if result["changed"] and params["record"] and not module.check_mode:
                 at = utc_now()
                 record_applied(
                     params["state_file"],

@@ -17,6 +17,7 @@ from tests.support.loadgen import LoadGenerator
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("test_env")]
 
 PORTS = {"blue": 18101, "green": 18102}
+CONFIG_RECORD = RUN_DIR / "config" / "applied.json"
 
 
 def _reload(runtime: dict[str, object]) -> str:
@@ -51,6 +52,8 @@ def test_runtime_settings_reach_the_live_instance_under_load(golden_clips: dict[
     assert applied["error"] is None and applied["version"].startswith("rt-")
     assert json.loads(runtime_file.read_text()) == {"version": applied["version"],
                                                      "env": {"ASR_BEAM_SIZE": "2", "XL_LOG_LEVEL": "DEBUG"}}
+    debug_config = json.loads(CONFIG_RECORD.read_text())
+    assert debug_config["config"]["services"]["asr"]["runtime"] == {"beam_size": 2, "log_level": "DEBUG"}
 
     again = playbook("reload.yml", "-e", _reload({"beam_size": 2, "log_level": "DEBUG"}))
     assert again.returncode == 0 and again.changed == 0, again.output[-3000:]
@@ -77,3 +80,37 @@ def test_runtime_settings_reach_the_live_instance_under_load(golden_clips: dict[
     reset = playbook("reload.yml")
     assert reset.returncode == 0, reset.output[-3000:]
     assert requests.get(runtime_url, timeout=5).json()["reloadable"]["beam_size"] == 1
+    catalogue_version = json.loads(CONFIG_RECORD.read_text())["version"]
+    assert catalogue_version != debug_config["version"]
+
+    # A configuration rollback is one run: the recorded version with beam size 2 comes back, same container.
+    back = playbook("config_rollback.yml", "-e", f"config_version={debug_config['version']}")
+    assert back.returncode == 0, back.output[-4000:]
+    assert f"{catalogue_version} -> {debug_config['version']}: services.asr.runtime.beam_size, " \
+           "services.asr.runtime.log_level" in " ".join(back.output.split())
+    restored = requests.get(runtime_url, timeout=5).json()
+    assert restored["reloadable"]["beam_size"] == 2 and restored["reloadable"]["log_level"] == "DEBUG"
+    assert _started(container) == started
+    record = json.loads(CONFIG_RECORD.read_text())
+    assert record["version"] == debug_config["version"] and record["config"] == debug_config["config"]
+    last = json.loads(Path(f"{CONFIG_RECORD}.history.jsonl").read_text().splitlines()[-1])
+    assert last["restored"] is True and last["previous_version"] == catalogue_version
+
+    # A version never applied here is refused by name, and nothing changes.
+    unknown = playbook("config_rollback.yml", "-e", "config_version=cfg-0123456789ab")
+    assert unknown.returncode != 0
+    assert "configuration version cfg-0123456789ab was never applied" in " ".join(unknown.output.split())
+    assert json.loads(CONFIG_RECORD.read_text())["version"] == debug_config["version"]
+
+    # A reload that also carries a setting needing new instances pushes the runtime part and records nothing.
+    mixed = playbook("reload.yml", "-e", json.dumps(services_overrides(asr={"memory": "2g"})))
+    assert mixed.returncode == 0, mixed.output[-3000:]
+    assert "take effect only with new instances" in " ".join(mixed.output.split())
+    assert "services.asr.memory" in mixed.output
+    assert json.loads(CONFIG_RECORD.read_text())["version"] == debug_config["version"]
+    assert requests.get(runtime_url, timeout=5).json()["reloadable"]["beam_size"] == 1
+
+    # And back to the catalogue's version for the scenarios after this one.
+    again = playbook("config_rollback.yml", "-e", f"config_version={catalogue_version}")
+    assert again.returncode == 0, again.output[-3000:]
+    assert json.loads(CONFIG_RECORD.read_text())["version"] == catalogue_version

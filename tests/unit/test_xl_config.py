@@ -330,6 +330,22 @@ def test_repo_config_is_valid() -> None:
     assert cfg.check_policies(merged, "local", origins) == []
 
 
+ENVIRONMENTS = sorted(p.name for p in (REPO / "config" / "environments").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_every_environment_of_the_repository_is_valid_under_its_own_policies(environment: str) -> None:
+    schema = cfg.load_schema(str(SCHEMA_PATH))
+    merged, origins = cfg.merge(cfg.load_layers(str(REPO / "config"), environment))
+    assert cfg.validate(merged, schema, origins) == []
+    assert cfg.check_policies(merged, environment, origins) == []
+    assert merged.get("environment", environment) == environment
+
+
+def test_the_repository_has_every_environment_of_the_layout() -> None:
+    assert {"development", "test", "staging", "production", "local"} <= set(ENVIRONMENTS)
+
+
 # --- policies --------------------------------------------------------------------------------------------------
 
 
@@ -703,6 +719,18 @@ def test_module_returns_to_an_earlier_version_in_one_run(tmp_path: Path) -> None
 
     again = run_module({**args, "restore_version": first["version"]})
     assert again["changed"] is False and again["changes"] == [], again
+
+
+def test_module_with_record_false_compares_and_writes_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "run" / "config.json"
+    write_yaml(tmp_path, "base/services.yml", {"xlerobot_services": {"asr": {**ASR, "runtime": {"beam_size": 1}}}})
+    args = {"config_dir": str(tmp_path), "environment": "local", "schema": str(SCHEMA_PATH), "state_file": str(state)}
+    compared = run_module({**args, "record": False})
+    assert compared["changed"] is False and compared["recorded_version"] is None, compared
+    assert {change["change"] for change in compared["changes"]} == {"added"}
+    assert "services.asr.memory" in compared["restart_paths"]
+    assert compared["reload_paths"] == ["services.asr.runtime.beam_size"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_module_refuses_a_version_never_applied_and_changes_nothing(tmp_path: Path) -> None:
