@@ -47,15 +47,13 @@ class PlaybookRun:
 
 def playbook(name: str, *extra: str, test_env: bool = True, fleet: bool = False) -> PlaybookRun:
     """Run a playbook in the test environment (or, with `fleet`, the four-host fleet environment)."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    args = [str(bin_dir / "ansible-playbook"), f"playbooks/{name}"]
+    args = [str(Path(sys.executable).parent / "ansible-playbook"), f"playbooks/{name}"]
     if test_env:
         args += ["-e", f"@{ENV_FILE}"]
     if fleet:
         args += ["-i", str(FLEET_INVENTORY), "-e", f"@{FLEET_ENV_FILE}"]
-    completed = subprocess.run([*args, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    completed = subprocess.run([*args, *extra], cwd=REPO, env=e2e_images.ansible_env(), capture_output=True,
+                               text=True, timeout=1200)
     return PlaybookRun(completed.returncode, completed.stdout + completed.stderr)
 
 

@@ -30,17 +30,22 @@ BUILDS: dict[str, tuple[str, str]] = {
 PREBUILT_ENV = "XL_TEST_IMAGES_PREBUILT"
 
 
+def ansible_env() -> dict[str, str]:
+    """Environment of an ansible-playbook run from the tests: the repository's config, this venv, no colour."""
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
+            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def build(version: str) -> subprocess.CompletedProcess[str]:
     """Build and push one version through playbooks/build.yml, as an SRE would."""
     fault, services = BUILDS[version]
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_HOME": str(REPO / ".cache" / "ansible"),
-           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     # Tags are immutable, but a fault version is defined by its fault string here: rebuild it (layer cache).
     force = ["-e", "force=true"] if fault else []
     return subprocess.run([str(bin_dir / "ansible-playbook"), "playbooks/build.yml", "-e", f"version={version}",
                            "-e", f"services={services}", "-e", f"fault={fault}", *force],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+                          cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=3600)
 
 
 def build_all() -> None:
