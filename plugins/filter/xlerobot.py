@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import UTC, datetime
 
@@ -88,6 +90,58 @@ def xl_runtime_env(runtime: dict | None, prefix: str) -> dict[str, str]:
     return env
 
 
+def xl_instance_digest(settings: dict) -> str:
+    """Content hash of the settings an instance is started with and keeps until it is replaced (environment,
+    memory, stop timeout, container port, network): the io.xlerobot.config label. A live instance whose label
+    differs from the target's runs other settings, so the release is not "already live" even on the same image.
+    Values count as strings, so "60" and 60 are the same setting; runtime settings and secrets are not part of it."""
+    if not isinstance(settings, dict):
+        raise AnsibleFilterError(f"instance settings must be a mapping, got {type(settings).__name__}")
+
+    def canonical(value):
+        if isinstance(value, dict):
+            return {str(key): canonical(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [canonical(item) for item in value]
+        if isinstance(value, bool):
+            return str(value).lower()
+        return "" if value is None else str(value)
+
+    text = json.dumps(canonical(settings), sort_keys=True, separators=(",", ":"))
+    return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def xl_instance_drift(results: list, image: str, digest: str, secret_env: dict | None = None,
+                      secret_names: list | None = None) -> list[str]:
+    """Why the inspected instances (docker_container_info results of a loop over hosts) are not the target: the
+    empty list when every one exists, runs, runs `image`, carries the settings digest `digest` and holds exactly
+    the secret environment `secret_env` (the variables named in `secret_names`, XL_GATEWAY_API_KEY by default).
+    A reason names the host and what differs; secret values never appear in it."""
+    names = set(secret_names or ["XL_GATEWAY_API_KEY"]) | set(secret_env or {})
+    wanted_secrets = {f"{name}={value}" for name, value in (secret_env or {}).items()}
+    reasons = []
+    for result in results or []:
+        host = result.get("item", "?") if isinstance(result, dict) else "?"
+        if not isinstance(result, dict) or not result.get("exists"):
+            reasons.append(f"{host}: no instance")
+            continue
+        container = result.get("container") or {}
+        config = container.get("Config") or {}
+        labels = config.get("Labels") or {}
+        if not (container.get("State") or {}).get("Running"):
+            reasons.append(f"{host}: the instance is not running")
+        elif config.get("Image") != image:
+            reasons.append(f"{host}: runs image {config.get('Image')}")
+        elif labels.get("io.xlerobot.config", "") != digest:
+            reasons.append(f"{host}: started with settings {labels.get('io.xlerobot.config') or 'unlabelled'},"
+                           f" the configuration asks for {digest}")
+        else:
+            held = {entry for entry in config.get("Env") or [] if entry.split("=", 1)[0] in names}
+            if held != wanted_secrets:
+                reasons.append(f"{host}: holds other secrets ({', '.join(sorted(names))}) than the secrets layer")
+    return reasons
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -100,4 +154,6 @@ class FilterModule:
             "xl_other_colour": xl_other_colour,
             "xl_release_id": xl_release_id,
             "xl_runtime_env": xl_runtime_env,
+            "xl_instance_digest": xl_instance_digest,
+            "xl_instance_drift": xl_instance_drift,
         }

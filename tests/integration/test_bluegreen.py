@@ -74,13 +74,21 @@ def _leaks(secret: str) -> list[str]:
     return found
 
 
-def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[str, Path], tmp_path: Path) -> None:
-    # The whole deploy runs at -vvv with a secret in play (the key the gates and instances present to the
-    # gateway), given the way an inventory's vault would: none of what it prints or leaves may contain it.
+@pytest.fixture(scope="module")
+def service_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A service token (the key the gates and instances present to the gateway), given the way an inventory's
+    vault would: as extra vars in a 0600 file."""
     key = secrets.token_urlsafe(24)
-    secret_vars = tmp_path / "secret.json"
+    secret_vars = tmp_path_factory.mktemp("secrets") / "secret.json"
     secret_vars.write_text(json.dumps({"release_gateway_api_key": key}))
     secret_vars.chmod(0o600)
+    return key, secret_vars
+
+
+def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[str, Path],
+                                                            service_token: tuple[str, Path]) -> None:
+    # The whole deploy runs at -vvv with a secret in play: none of what it prints or leaves may contain it.
+    key, secret_vars = service_token
     run, load, finished = _under_load(golden_clips[GATE_TEXT],
                                       lambda: _deploy(NEXT, "-vvv", "-e", f"@{secret_vars}"))
     assert run.returncode == 0, run.output[-4000:]
@@ -108,8 +116,8 @@ def test_bluegreen_to_next_version_under_load_loses_nothing(golden_clips: dict[s
     assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.name})" in markdown
 
 
-def test_deploying_the_live_version_again_changes_nothing() -> None:
-    run = _deploy(NEXT)
+def test_deploying_the_live_version_again_changes_nothing(service_token: tuple[str, Path]) -> None:
+    run = _deploy(NEXT, "-e", f"@{service_token[1]}")
     assert run.returncode == 0, run.output[-4000:]
     assert run.changed == 0, run.output[-3000:]
     assert "is already live on green" in run.output

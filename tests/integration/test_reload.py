@@ -114,3 +114,40 @@ def test_runtime_settings_reach_the_live_instance_under_load(golden_clips: dict[
     again = playbook("config_rollback.yml", "-e", f"config_version={catalogue_version}")
     assert again.returncode == 0, again.output[-3000:]
     assert json.loads(CONFIG_RECORD.read_text())["version"] == catalogue_version
+
+
+def _memory(container: str) -> int:
+    return int(subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.Memory}}", container], check=True,
+                              capture_output=True, text=True).stdout)
+
+
+def test_a_setting_that_needs_new_instances_is_deployed_even_on_the_same_version() -> None:
+    live = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr")
+    assert live.returncode == 0, live.output[-3000:]
+    colour = served_by(1)[0].split("/")[-1]
+    catalogue_version = json.loads(CONFIG_RECORD.read_text())["version"]
+    bigger = ["-e", json.dumps(services_overrides(asr={"memory": "2g"}))]
+
+    # Same image, other memory: the live instances are not the target, so the other colour starts with it.
+    changed = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr", *bigger)
+    assert changed.returncode == 0, changed.output[-4000:]
+    said = " ".join(changed.output.split())
+    assert "started with settings cfg-" in said and "already live" not in said
+    other = served_by(1)[0].split("/")[-1]
+    assert other != colour
+    assert _memory(f"xlt-asr-{other}") == 2 * 1024**3 and _memory(f"xlt-asr-{colour}") != 2 * 1024**3
+    record = json.loads(CONFIG_RECORD.read_text())
+    assert record["config"]["services"]["asr"]["memory"] == "2g", "a deploy records what it brought to instances"
+    assert record["version"] != catalogue_version
+
+    # Once deployed, the same configuration is live: nothing to do.
+    same = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr", *bigger)
+    assert same.returncode == 0 and "already live" in " ".join(same.output.split()), same.output[-3000:]
+    assert served_by(1)[0].split("/")[-1] == other
+
+    # Back to the catalogue's memory: the warm old colour runs exactly that, so it takes the traffic again.
+    back = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={GOOD}", "-e", "services=asr")
+    assert back.returncode == 0, back.output[-3000:]
+    assert "warm instance reused" in " ".join(back.output.split())
+    assert served_by(1)[0].split("/")[-1] == colour
+    assert json.loads(CONFIG_RECORD.read_text())["version"] == catalogue_version

@@ -54,3 +54,60 @@ def test_runtime_env_names_the_services_variables() -> None:
     for bad, prefix in (({"Beam": 1}, "ASR"), ({}, "asr"), ([], "ASR")):
         with pytest.raises(AnsibleFilterError):
             f.xl_runtime_env(bad, prefix)
+
+
+def test_instance_digest_follows_every_setting_and_ignores_types() -> None:
+    settings = {"env": {"XL_GATEWAY_URL": "http://127.0.0.1:8080", "ASR_MODEL": "tiny"}, "memory": "3g",
+                "stop_timeout": 60, "container_port": 8000, "network": "bridge"}
+    digest = f.xl_instance_digest(settings)
+    assert digest.startswith("cfg-") and len(digest) == 20
+    # Key order and the type a value arrived with (templated vars are often strings) do not matter.
+    reordered = dict(reversed(list(settings.items())))
+    reordered["stop_timeout"] = "60"
+    reordered["env"] = {"ASR_MODEL": "tiny", "XL_GATEWAY_URL": "http://127.0.0.1:8080"}
+    assert f.xl_instance_digest(reordered) == digest
+    # Any change of a value, or a new environment variable, is a new digest.
+    for changed in ({"memory": "4g"}, {"stop_timeout": 30}, {"network": "host"},
+                    {"env": {**settings["env"], "ASR_MODEL": "base"}},
+                    {"env": {**settings["env"], "EXTRA": ""}}):
+        assert f.xl_instance_digest({**settings, **changed}) != digest, changed
+
+
+def test_instance_digest_refuses_what_is_not_a_mapping() -> None:
+    with pytest.raises(AnsibleFilterError, match="must be a mapping"):
+        f.xl_instance_digest(["memory", "3g"])
+
+
+def _inspected(host: str, image: str = "reg/asr@sha256:1", digest: str = "cfg-1", running: bool = True,
+               env: list[str] | None = None) -> dict:
+    return {"item": host, "exists": True, "container": {
+        "State": {"Running": running},
+        "Config": {"Image": image, "Labels": {"io.xlerobot.config": digest}, "Env": env or ["PATH=/usr/bin"]}}}
+
+
+def test_instance_drift_is_empty_only_for_the_target() -> None:
+    assert f.xl_instance_drift([_inspected("h1"), _inspected("h2")], "reg/asr@sha256:1", "cfg-1") == []
+    assert f.xl_instance_drift([{"item": "h1", "exists": False}], "reg/asr@sha256:1", "cfg-1") == ["h1: no instance"]
+    assert f.xl_instance_drift([_inspected("h1", running=False)], "reg/asr@sha256:1", "cfg-1") == [
+        "h1: the instance is not running"]
+    assert f.xl_instance_drift([_inspected("h1", image="reg/asr@sha256:0")], "reg/asr@sha256:1", "cfg-1") == [
+        "h1: runs image reg/asr@sha256:0"]
+    # Same image, other settings: this is what made a same-version configuration change look live.
+    assert f.xl_instance_drift([_inspected("h1"), _inspected("h2", digest="cfg-0")], "reg/asr@sha256:1", "cfg-1") == [
+        "h2: started with settings cfg-0, the configuration asks for cfg-1"]
+    unlabelled = _inspected("h1")
+    unlabelled["container"]["Config"]["Labels"] = {}
+    assert f.xl_instance_drift([unlabelled], "reg/asr@sha256:1", "cfg-1") == [
+        "h1: started with settings unlabelled, the configuration asks for cfg-1"]
+
+
+def test_instance_drift_compares_secrets_without_naming_them() -> None:
+    current = _inspected("h1", env=["PATH=/usr/bin", "XL_GATEWAY_API_KEY=new-key"])
+    assert f.xl_instance_drift([current], "reg/asr@sha256:1", "cfg-1", {"XL_GATEWAY_API_KEY": "new-key"}) == []
+    stale = _inspected("h1", env=["XL_GATEWAY_API_KEY=old-key"])
+    reasons = f.xl_instance_drift([stale], "reg/asr@sha256:1", "cfg-1", {"XL_GATEWAY_API_KEY": "new-key"})
+    assert len(reasons) == 1 and "other secrets" in reasons[0]
+    assert "old-key" not in reasons[0] and "new-key" not in reasons[0]
+    # A key the instance still holds when the secrets layer no longer gives one is drift too.
+    assert f.xl_instance_drift([stale], "reg/asr@sha256:1", "cfg-1", {}) != []
+    assert f.xl_instance_drift([_inspected("h1")], "reg/asr@sha256:1", "cfg-1", {"XL_GATEWAY_API_KEY": "k"}) != []
