@@ -146,6 +146,7 @@ class _PlaybookReader:
         self.repo = repo
         # Files are read once per check: deploy.yml imports release.yml three times, every template a role.
         self._files: dict[Path, Any] = {}
+        self._play_bound: dict[str, Any] = {}
 
     def _load(self, path: Path) -> Any:
         if path not in self._files:
@@ -163,11 +164,19 @@ class _PlaybookReader:
                 self.read((playbook.parent / imported).resolve(), inputs)
                 continue
             inputs.defined |= set(play.get("vars") or {})
+            # Variables a play binds from its vars_files feed the roles the same way include_role's vars do.
+            self._play_bound = {}
+            for vars_file in play.get("vars_files") or []:
+                bound = self._load((playbook.parent / vars_file).resolve()) or {}
+                inputs.defined |= set(bound)
+                self._strings(bound, inputs, f"{rel}: {vars_file}", {})
+                self._play_bound.update(bound)
             for role in play.get("roles") or []:
-                self._role(role if isinstance(role, str) else role["role"], "main", {}, inputs)
+                self._role(role if isinstance(role, str) else role["role"], "main", self._play_bound, inputs)
             for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
                 for task in play.get(section) or []:
                     self._task(task, inputs, f"{rel}")
+            self._play_bound = {}
             self._strings({k: v for k, v in play.items() if k not in ("tasks", "pre_tasks", "post_tasks",
                                                                         "handlers", "roles")}, inputs, f"{rel}", {})
         return inputs
@@ -187,7 +196,7 @@ class _PlaybookReader:
         for key in INCLUDE_ROLE:
             if key in task:
                 spec = task[key]
-                self._role(spec["name"], spec.get("tasks_from", "main"), task_vars, inputs)
+                self._role(spec["name"], spec.get("tasks_from", "main"), {**self._play_bound, **task_vars}, inputs)
         self._strings({k: v for k, v in task.items() if k not in ("block", "rescue", "always")}, inputs, where,
                       task_vars)
         for key in ASSERT:

@@ -35,6 +35,7 @@ class LoadGenerator:
     json_body: dict[str, Any] | None = None  # posted as JSON instead of a clip (speech synthesis)
     audio_field: str = "file"
     pause_s: float = 0.0  # think time of each client between its requests (0: back to back)
+    headers: dict[str, str] | None = None  # sent with every request (an API key)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -52,6 +53,7 @@ class LoadGenerator:
 
     def _worker(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers or {})
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
