@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -344,6 +345,35 @@ def test_every_environment_of_the_repository_is_valid_under_its_own_policies(env
 
 def test_the_repository_has_every_environment_of_the_layout() -> None:
     assert {"development", "test", "staging", "production", "local"} <= set(ENVIRONMENTS)
+
+
+def _documented_layer_files() -> list[tuple[str, str]]:
+    """The example layer files of config/{services,runtime,secrets}/README.md: each yaml block's first line names
+    the file it stands for."""
+    found = []
+    for readme in sorted((REPO / "config").glob("*/README.md")):
+        for block in re.findall(r"```yaml\n(.*?)```", readme.read_text(), re.S):
+            name = re.match(r"# config/(\S+\.yml)", block)
+            assert name, f"{readme}: a yaml example must start with '# config/<file>.yml'"
+            found.append((name.group(1), block))
+    return found
+
+
+def test_the_layer_directories_document_examples_that_validate(tmp_path: Path) -> None:
+    examples = _documented_layer_files()
+    assert {path.split("/")[0] for path, _ in examples} == {"services", "runtime", "secrets"}
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    for path, block in examples:
+        write(tmp_path / "config", path, block)
+    schema = cfg.load_schema(str(SCHEMA_PATH))
+    for environment in ("local", "production"):
+        merged, origins = cfg.merge(cfg.load_layers(str(tmp_path / "config"), environment))
+        assert cfg.validate(merged, schema, origins) == [], environment
+        assert cfg.check_policies(merged, environment, origins) == [], environment
+        # Each example reached the result from its own layer.
+        assert origins["services.asr.memory"] == "service:services/asr/model.yml"
+        assert origins["services.asr.runtime.beam_size"] == "runtime:runtime/asr.yml"
+        assert origins["gateway.auth.api_keys"] == "secrets:secrets/gateway.yml"
 
 
 # --- policies --------------------------------------------------------------------------------------------------
