@@ -137,3 +137,108 @@ def test_firewall_from_outside(host, listeners):
     assert not _connects(listeners, LOOPBACK_ONLY_PORT)
     inside = host.run(f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {LOOPBACK_ONLY_PORT}), 3)\"")
     assert inside.rc == 0, inside.stderr
+
+
+# Ports a container inside the test host publishes (all to its one listener on 8000). The converge opens 8081 to
+# all, 8082 to the test host's own network (which holds the docker host's address), 8083 to loopback only, and
+# lists 8084 nowhere.
+PUBLISHED_OPEN, PUBLISHED_LAN, PUBLISHED_LOOPBACK, PUBLISHED_DENIED = 8081, 8082, 8083, 8084
+# The listener's own port inside its container: what a rule on the port after the DNAT would see.
+CONTAINER_PORT = 8000
+# A tiny image: the merged-/usr symlinks of the test host; /usr itself is mounted read-only, so python3 comes along
+# and nothing is pulled.
+USR_IMAGE = "xlm/usr:1"
+# "Outside" for the containers: a network namespace inside the test host, reached through the forward path.
+OUTSIDE_NS, OUTSIDE_HOST, OUTSIDE_PEER = "xlm-outside", "192.0.2.1", "192.0.2.2"
+
+
+def _in_container(host, code: str, *, network: str = "bridge"):
+    """Run python code in a throw-away container on the test host's engine."""
+    return host.run(f"docker run --rm --network {network} -v /usr:/usr:ro {USR_IMAGE} python3 -c \"{code}\"")
+
+
+def _connect_code(address: str, port: int) -> str:
+    return f"import socket; socket.create_connection(('{address}', {port}), 3).close()"
+
+
+def _wait_until(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def published(host) -> Iterator[dict[str, str]]:
+    """A container publishing its listener on PUBLISHED_*; yields the test host's and the container's address."""
+    host.run("docker rm -f xlm-published")
+    if host.run(f"docker image inspect {USR_IMAGE}").rc != 0:
+        host.check_output(f"tar -C / -c bin lib lib64 sbin | docker import - {USR_IMAGE}")
+    ports = " ".join(f"-p {port}:{CONTAINER_PORT}"
+                     for port in (PUBLISHED_OPEN, PUBLISHED_LAN, PUBLISHED_LOOPBACK, PUBLISHED_DENIED))
+    host.check_output(f"docker run -d --name xlm-published {ports} -v /usr:/usr:ro {USR_IMAGE}"
+                      f" python3 -m http.server --bind 0.0.0.0 {CONTAINER_PORT}")
+    try:
+        inner = host.check_output("docker inspect -f '{{.NetworkSettings.IPAddress}}' xlm-published")
+        probe = f"python3 -c \"{_connect_code(inner, CONTAINER_PORT)}\""
+        _wait_until(lambda: host.run(probe).rc == 0, "the published container does not listen")
+        yield {"host": host.interface("eth0").addresses[0], "container": inner}
+    finally:
+        host.run("docker rm -f xlm-published")
+
+
+def test_forward_chain_in_our_table(host):
+    table = host.check_output("nft list table inet xlerobot")
+    assert "hook forward" in table
+    assert f"ct original proto-dst {PUBLISHED_OPEN} accept" in table
+    assert f"ct original ip saddr 127.0.0.0/8 meta l4proto tcp ct original proto-dst {PUBLISHED_LOOPBACK}" in table
+    assert str(PUBLISHED_DENIED) not in table
+    # Docker's own chains are where Docker put them: the role adds nothing to them.
+    assert "xlerobot" not in host.check_output("iptables -S")
+
+
+def test_published_ports_from_outside(published):
+    """Only the listed published ports, from their sources, get through; the others are dropped (a timeout)."""
+    assert _connects(published["host"], PUBLISHED_OPEN)
+    assert _connects(published["host"], PUBLISHED_LAN)
+    assert not _connects(published["host"], PUBLISHED_LOOPBACK)
+    assert not _connects(published["host"], PUBLISHED_DENIED)
+
+
+def test_the_host_itself_reaches_every_published_port(host, published):
+    """The ports the firewall drops from outside are published and answer: the host's own connections still work."""
+    for port in (PUBLISHED_LOOPBACK, PUBLISHED_DENIED):
+        reached = host.run(f"python3 -c \"{_connect_code(published['host'], port)}\"")
+        assert reached.rc == 0, (port, reached.stderr)
+
+
+def test_containers_reach_each_other_and_the_outside(host, published):
+    # Container to container on Docker's bridge, to a port no firewall entry lists.
+    direct = _in_container(host, _connect_code(published["container"], CONTAINER_PORT))
+    assert direct.rc == 0, direct.stderr
+    # Container egress: out of docker0 through the forward path (masqueraded) to a listener in another namespace.
+    host.run(f"ip netns del {OUTSIDE_NS}")
+    host.check_output(f"ip netns add {OUTSIDE_NS}")
+    try:
+        host.check_output(f"ip link add xlm-out0 type veth peer name xlm-out1 netns {OUTSIDE_NS}")
+        host.check_output(f"ip addr add {OUTSIDE_HOST}/24 dev xlm-out0 && ip link set xlm-out0 up")
+        host.check_output(f"ip netns exec {OUTSIDE_NS} sh -c 'ip addr add {OUTSIDE_PEER}/24 dev xlm-out1"
+                          f" && ip link set xlm-out1 up && ip link set lo up'")
+        host.check_output(f"setsid nohup ip netns exec {OUTSIDE_NS} python3 -m http.server --bind {OUTSIDE_PEER}"
+                          f" {CONTAINER_PORT} >/dev/null 2>&1 &")
+        _wait_until(lambda: host.run(f"ip netns exec {OUTSIDE_NS} python3 -c"
+                                     f" \"{_connect_code(OUTSIDE_PEER, CONTAINER_PORT)}\"").rc == 0,
+                    "nothing listens in the outside namespace")
+        egress = _in_container(host, _connect_code(OUTSIDE_PEER, CONTAINER_PORT))
+        assert egress.rc == 0, egress.stderr
+    finally:
+        host.run(f"ip netns pids {OUTSIDE_NS} | xargs -r kill")
+        host.run("ip link del xlm-out0")
+        host.run(f"ip netns del {OUTSIDE_NS}")
+
+
+def test_reload_keeps_dockers_rules_and_ours(host, published):
+    host.check_output("systemctl reload nftables")
+    assert host.run("iptables -t nat -S DOCKER").rc == 0
+    assert _connects(published["host"], PUBLISHED_OPEN)
+    assert not _connects(published["host"], PUBLISHED_DENIED)
