@@ -46,8 +46,8 @@ options:
     default: {}
   readback_api_key:
     description:
-      - API key the read-back of V(speech) and V(interaction) gates presents to the gateway
-        (C(Authorization: Bearer)), where the gateway's authentication is on. Never logged nor returned.
+      - "API key the read-back of V(speech) and V(interaction) gates presents to the gateway
+        (C(Authorization: Bearer)), where the gateway's authentication is on. Never logged nor returned."
     type: str
 attributes:
   check_mode:
