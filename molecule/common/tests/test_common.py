@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 ALLOWED_PORT = 8443
+# The role's own node exporter listens there on every address; the converge opens it to loopback only.
 LOOPBACK_ONLY_PORT = 9100
 DENIED_PORT = 8999
 
@@ -66,6 +67,17 @@ def test_kernel_settings_file(host):
     assert "fs.file-max = 2097152" in lines
 
 
+def test_node_exporter_runs_as_prometheus_and_serves_host_metrics(host):
+    service = host.service("prometheus-node-exporter")
+    assert service.is_running and service.is_enabled
+    assert host.process.get(comm="prometheus-node").user == "prometheus"
+    assert not host.package("prometheus-node-exporter-collectors").is_installed  # no recommends
+    metrics = host.check_output(
+        f"python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{LOOPBACK_ONLY_PORT}/metrics').read().decode())\"")
+    assert "node_exporter_build_info" in metrics
+    assert "node_load1 " in metrics
+
+
 def test_logrotate_configuration_is_valid(host):
     conf = host.file("/etc/logrotate.d/xlerobot").content_string
     for directive in ("daily", "rotate 14", "compress", "delaycompress", "missingok", "notifempty", "copytruncate",
@@ -107,15 +119,16 @@ def test_reload_and_stop_keep_tables_of_others(host):
 
 @pytest.fixture
 def listeners(host) -> Iterator[str]:
-    """HTTP listeners inside the container on an allowed, a loopback-only and a denied port; yields its address."""
+    """HTTP listeners inside the container on an allowed and a denied port, beside the node exporter on the
+    loopback-only one; yields the container's address."""
     pids = []
-    for port in (ALLOWED_PORT, LOOPBACK_ONLY_PORT, DENIED_PORT):
+    for port in (ALLOWED_PORT, DENIED_PORT):
         started = host.run(f"setsid nohup python3 -m http.server {port} --bind 0.0.0.0 >/dev/null 2>&1 & echo $!")
         pids.append(started.stdout.strip())
     try:
         for port in (ALLOWED_PORT, LOOPBACK_ONLY_PORT, DENIED_PORT):
             deadline = time.monotonic() + 10
-            while not host.socket(f"tcp://0.0.0.0:{port}").is_listening:
+            while not (host.socket(f"tcp://0.0.0.0:{port}").is_listening or host.socket(f"tcp://:::{port}").is_listening):
                 assert time.monotonic() < deadline, f"nothing listens on {port} inside the container"
                 time.sleep(0.2)
         yield host.interface("eth0").addresses[0]
