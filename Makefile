@@ -13,7 +13,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 
 .PHONY: up venv bootstrap build deploy test test-images unit integration lint molecule sbom bench teardown
 # Longest first, so that the parallel lanes end together.
-MOLECULE_SCENARIOS := provision speech_service docker_engine common monitoring gateway gpu registry daemon
+MOLECULE_SCENARIOS := speech_service provision common docker_engine monitoring gateway gpu registry daemon
 MOLECULE_JOBS ?= 2
 
 ## First command: set up this machine and deploy VERSION of every service, blue-green, on the local inventory.
