@@ -8,6 +8,7 @@ exercise every branch from recorded nvidia-smi output without a GPU.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -114,17 +115,26 @@ def diagnose_failure(rc: int, stdout: str, stderr: str) -> str:
     return f"nvidia-smi failed with exit code {rc}: {first}"
 
 
-def assign_gpus(gpus: list[dict[str, Any]], needs: dict[str, int]) -> dict[str, str]:
+def assign_gpus(gpus: list[dict[str, Any]], needs: dict[str, int],
+                current: dict[str, str] | None = None) -> dict[str, str]:
     """Place each service on one GPU with enough free memory; return {service: gpu_uuid}.
 
     Largest need first, each on the GPU with the least free memory that still fits (best fit), so big
     services keep the room they need. Ties go to the lower service name and GPU index: same input, same
     placement. A need of 0 means the service uses no GPU. GPUs in MIG mode are skipped: a whole-GPU UUID
     gives a container no usable device once the GPU is partitioned.
+
+    `current` is the placement recorded by an earlier run. A service that still needs a GPU stays on its
+    recorded GPU while that GPU is there and usable, without a new fit check: its running instances already
+    hold their memory, which nvidia-smi counts as used, so checking again would count it twice and move
+    services whenever they run. Only services without a usable recorded GPU are placed by free memory.
     """
     for service, need in needs.items():
         if isinstance(need, bool) or not isinstance(need, int) or need < 0:
             raise GpuError(f"GPU memory need of {service} must be a whole number of MiB, 0 or more; got {need!r}")
+    for service, uuid in (current or {}).items():
+        if not isinstance(uuid, str):
+            raise GpuError(f"recorded GPU of {service} must be a GPU UUID; got {uuid!r}")
     free = {gpu["uuid"]: gpu["memory_free_mib"] for gpu in gpus
             if gpu["memory_free_mib"] is not None and not gpu.get("mig_enabled")}
     order = {gpu["uuid"]: (gpu["index"], gpu["uuid"]) for gpu in gpus}
@@ -132,6 +142,10 @@ def assign_gpus(gpus: list[dict[str, Any]], needs: dict[str, int]) -> dict[str, 
     unplaced: list[str] = []
     for service, need in sorted(needs.items(), key=lambda item: (-item[1], item[0])):
         if need == 0:
+            continue
+        kept = (current or {}).get(service)
+        if kept is not None and kept in free:
+            assignments[service] = kept
             continue
         fitting = [uuid for uuid, room in free.items() if room >= need]
         if not fitting:
@@ -159,3 +173,19 @@ def _describe_free(gpus: list[dict[str, Any]], free: dict[str, int]) -> str:
         else:
             parts.append(f"{label}: {free[gpu['uuid']]} MiB")
     return "; ".join(parts)
+
+
+def parse_placement(text: str, source: str) -> dict[str, str]:
+    """The {service: gpu_uuid} assignments of a placement file the gpu role recorded (JSON with "assignments")."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise GpuError(f"{source}: not a GPU placement (invalid JSON: {exc}); remove it to place the services "
+                       "afresh") from None
+    assignments = data.get("assignments") if isinstance(data, dict) else None
+    if not isinstance(assignments, dict) or not all(
+            isinstance(service, str) and isinstance(uuid, str) for service, uuid in assignments.items()):
+        raise GpuError(f"{source}: not a GPU placement (expected {{\"assignments\": {{service: GPU UUID}}}}); "
+                       "remove it to place the services afresh")
+    return dict(assignments)
+

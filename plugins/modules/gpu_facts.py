@@ -29,6 +29,14 @@ options:
       - Non-zero needs are always checked, so on a host without GPUs they fail the task.
     type: dict
     default: {}
+  placement:
+    description:
+      - "A placement file an earlier run recorded (JSON, C({\"assignments\": {service: GPU UUID}})), as the gpu
+        role writes it."
+      - A service that still needs a GPU stays on its recorded GPU while that GPU is present and not in MIG mode,
+        without a new fit check (its running instances hold the memory it needs); the others are placed by free
+        memory. A missing file places every service afresh; an unreadable one fails the task.
+    type: path
   required:
     description:
       - Fail when the host has no C(nvidia-smi) or no GPU.
@@ -47,6 +55,8 @@ attributes:
     details: Always C(changed=false); the facts follow the GPUs' live memory use.
 notes:
   - The placement uses memory in use at the time of the task; memory other processes take later is not reserved.
+  - A service kept on its recorded GPU is not checked against that GPU's free memory again, so a raised need
+    takes effect only once the placement file is removed.
   - GPUs in MIG mode are reported but never used for placement, since a whole-GPU UUID gives a container
     no device once the GPU is partitioned.
 author:
@@ -64,6 +74,8 @@ EXAMPLES = r"""
       asr: 6000
       tts: 3000
       gateway: 0
+    # Keeps each service on the GPU an earlier run gave it.
+    placement: /etc/xlerobot/gpu-placement.json
   register: gpu_plan
 
 - name: Pin ASR to its GPU
@@ -110,11 +122,18 @@ assignments:
   returned: always
   type: dict
   sample: {"asr": "GPU-4f6b9a1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b"}
+needs:
+  description: The non-zero needs of O(needs), in MiB as whole numbers.
+  returned: success
+  type: dict
+  sample: {"asr": 6000}
 nvidia_smi:
   description: The nvidia-smi that was run, null when none was found.
   returned: always
   type: str
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.xl_gpu import (
@@ -124,6 +143,7 @@ from ansible.module_utils.xl_gpu import (
     assign_gpus,
     diagnose_failure,
     parse_cuda_version,
+    parse_placement,
     parse_query_gpu,
 )
 
@@ -141,9 +161,22 @@ def _needs(module):
     return needs
 
 
+def _recorded(module):
+    path = module.params["placement"]
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as placement:
+            return parse_placement(placement.read(), path)
+    except (OSError, UnicodeDecodeError) as exc:
+        module.fail_json(msg=f"{path}: cannot read the recorded GPU placement: {exc}")
+    except GpuError as exc:
+        module.fail_json(msg=str(exc))
+
+
 def _exit(module, path, gpus, cuda_version, needs):
     try:
-        assignments = assign_gpus(gpus, needs)
+        assignments = assign_gpus(gpus, needs, _recorded(module))
     except GpuError as exc:
         module.fail_json(msg=str(exc), gpus=gpus, nvidia_smi=path)
     facts = {
@@ -154,7 +187,8 @@ def _exit(module, path, gpus, cuda_version, needs):
         "xl_gpu_cuda_version": cuda_version,
     }
     module.exit_json(changed=False, ansible_facts=facts, gpus=gpus, gpu_count=len(gpus),
-                     assignments=assignments, nvidia_smi=path)
+                     assignments=assignments, needs={service: need for service, need in needs.items() if need},
+                     nvidia_smi=path)
 
 
 def main():
@@ -162,6 +196,7 @@ def main():
         argument_spec=dict(
             nvidia_smi=dict(type="path", default="nvidia-smi"),
             needs=dict(type="dict", default={}),
+            placement=dict(type="path"),
             required=dict(type="bool", default=False),
         ),
         supports_check_mode=True,

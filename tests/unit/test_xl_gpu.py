@@ -6,6 +6,7 @@ module through `ansible` against a fake nvidia-smi script, so no GPU is needed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,37 @@ def test_mig_gpus_and_unknown_memory_are_not_used() -> None:
     assert "GPU 2 GPU-u: unknown" in str(caught.value)
 
 
+def test_recorded_placement_is_kept_without_a_new_fit_check() -> None:
+    # Free MiB: GPU0 11920, GPU1 81916, GPU2 40960, GPU3 20480. asr was placed on GPU1 by an earlier run and its
+    # instances now hold 30000 MiB there; a fresh best fit would move it to GPU2.
+    gpus = _a100s()
+    recorded = {"asr": _uuid(gpus, 1)}
+    assert gpu.assign_gpus(gpus, {"asr": 30000}) == {"asr": _uuid(gpus, 2)}
+    assert gpu.assign_gpus(gpus, {"asr": 30000}, recorded) == {"asr": _uuid(gpus, 1)}
+    # Kept even where it would no longer fit: the memory it uses is the memory it needs.
+    assert gpu.assign_gpus(gpus, {"asr": 90000}, recorded) == {"asr": _uuid(gpus, 1)}
+    # A service added since is placed by free memory beside it.
+    assert gpu.assign_gpus(gpus, {"asr": 30000, "tts": 20000}, recorded) == {"asr": _uuid(gpus, 1),
+                                                                            "tts": _uuid(gpus, 3)}
+
+
+def test_recorded_placement_gives_way_when_its_gpu_is_gone_or_unusable() -> None:
+    gpus = _a100s()
+    # A GPU replaced (new UUID) or taken out: placed afresh.
+    assert gpu.assign_gpus(gpus, {"asr": 30000}, {"asr": "GPU-gone"}) == {"asr": _uuid(gpus, 2)}
+    # A GPU switched to MIG mode since: placed afresh on a whole GPU.
+    a30, t4 = gpu.parse_query_gpu(fixture("mig-enabled.csv"))
+    assert gpu.assign_gpus([a30, t4], {"asr": 1000}, {"asr": a30["uuid"]}) == {"asr": t4["uuid"]}
+    # A service whose need dropped to 0 leaves its GPU; one no longer listed is not placed at all.
+    assert gpu.assign_gpus(gpus, {"asr": 0}, {"asr": _uuid(gpus, 1)}) == {}
+    assert gpu.assign_gpus(gpus, {}, {"asr": _uuid(gpus, 1)}) == {}
+
+
+def test_recorded_placement_must_name_gpus() -> None:
+    with pytest.raises(gpu.GpuError, match=r"recorded GPU of asr must be a GPU UUID; got 3"):
+        gpu.assign_gpus(_a100s(), {"asr": 1000}, {"asr": 3})
+
+
 @pytest.mark.parametrize("need", [-1, 1.5, "100", True])
 def test_bad_needs_are_refused(need: Any) -> None:
     with pytest.raises(gpu.GpuError, match="asr must be a whole number of MiB"):
@@ -232,7 +264,32 @@ def test_module_reports_facts_and_assignments(tmp_path: Path) -> None:
     assert facts["xl_gpu_cuda_version"] == "12.4"
     assert [g["memory_free_mib"] for g in facts["xl_gpus"]] == [11920, 81916, 40960, 20480]
     assert result["assignments"] == {"asr": facts["xl_gpus"][2]["uuid"]}
+    assert result["needs"] == {"asr": 30000}
     assert result["nvidia_smi"] == str(script)
+
+
+def test_module_keeps_the_recorded_placement(tmp_path: Path) -> None:
+    script = fake_nvidia_smi(tmp_path, "multi-a100.csv")
+    gpus = _a100s()
+    placement = tmp_path / "gpu-placement.json"
+    placement.write_text(json.dumps({"assignments": {"asr": _uuid(gpus, 1)}, "needs": {"asr": 30000}}))
+    result = run_module({"nvidia_smi": str(script), "needs": {"asr": 30000}, "placement": str(placement)})
+    assert result.get("failed") is not True, result
+    assert result["assignments"] == {"asr": _uuid(gpus, 1)}
+    # No file yet: placed afresh.
+    result = run_module({"nvidia_smi": str(script), "needs": {"asr": 30000}, "placement": str(tmp_path / "none")})
+    assert result["assignments"] == {"asr": _uuid(gpus, 2)}
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"assignments": {"asr": 1}}', '["GPU-1"]'])
+def test_module_refuses_an_unreadable_placement(tmp_path: Path, content: str) -> None:
+    script = fake_nvidia_smi(tmp_path, "multi-a100.csv")
+    placement = tmp_path / "gpu-placement.json"
+    placement.write_text(content)
+    result = run_module({"nvidia_smi": str(script), "needs": {"asr": 30000}, "placement": str(placement)})
+    assert result.get("failed") is True
+    assert result["msg"].startswith(f"{placement}: not a GPU placement")
+    assert "remove it to place the services afresh" in result["msg"]
 
 
 def test_module_without_nvidia_smi(tmp_path: Path) -> None:
