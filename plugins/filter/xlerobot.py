@@ -111,10 +111,16 @@ def xl_instance_digest(settings: dict) -> str:
     return "cfg-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _held_gpus(container: dict) -> list[str]:
+    requests = (container.get("HostConfig") or {}).get("DeviceRequests") or []
+    return sorted(str(device) for request in requests for device in (request.get("DeviceIDs") or []))
+
+
 def xl_instance_drift(results: list, image: str, digest: str, secret_env: dict | None = None,
-                      secret_names: list | None = None) -> list[str]:
+                      secret_names: list | None = None, gpus: dict | None = None) -> list[str]:
     """Why the inspected instances (docker_container_info results of a loop over hosts) are not the target: the
-    empty list when every one exists, runs, runs `image`, carries the settings digest `digest` and holds exactly
+    empty list when every one exists, runs, runs `image`, carries the settings digest `digest`, was given exactly
+    the GPUs `gpus` names for its host ({host: [GPU UUID]}; none where the host is not listed) and holds exactly
     the secret environment `secret_env` (the variables named in `secret_names`, XL_GATEWAY_API_KEY by default).
     A reason names the host and what differs; secret values never appear in it."""
     names = set(secret_names or ["XL_GATEWAY_API_KEY"]) | set(secret_env or {})
@@ -135,6 +141,9 @@ def xl_instance_drift(results: list, image: str, digest: str, secret_env: dict |
         elif labels.get("io.xlerobot.config", "") != digest:
             reasons.append(f"{host}: started with settings {labels.get('io.xlerobot.config') or 'unlabelled'},"
                            f" the configuration asks for {digest}")
+        elif _held_gpus(container) != sorted((gpus or {}).get(host) or []):
+            reasons.append(f"{host}: runs on GPUs {', '.join(_held_gpus(container)) or 'none'}, the host's placement "
+                           f"gives it {', '.join(sorted((gpus or {}).get(host) or [])) or 'none'}")
         else:
             held = {entry for entry in config.get("Env") or [] if entry.split("=", 1)[0] in names}
             if held != wanted_secrets:

@@ -187,6 +187,30 @@ def test_bad_requests_are_refused_with_a_clear_message(extra: list[str], message
     assert set(served_by(1)) == {f"asr/{GOOD}/blue"}
 
 
+@pytest.mark.parametrize("placement, messages", [
+    # provision.yml never placed asr on a GPU here: the run stops before anything changes.
+    (None, ["gpu_service_memory_mib gives asr on localhost (6000 MiB) a GPU memory need, but no GPU is placed",
+            "run playbooks/provision.yml"]),
+    # Placed, and the engine hands the GPU to the new instance, whose start is refused on a host without NVIDIA's
+    # container toolkit before the container is touched.
+    ({"assignments": {"asr": "GPU-e2e-0000"}, "needs": {"asr": 6000}},
+     ["speech_service asr/green on localhost: asks for GPUs GPU-e2e-0000",
+      "no NVIDIA container toolkit (nvidia-container-runtime-hook not found)"]),
+])
+def test_a_gpu_need_reaches_the_instance_or_stops_the_deploy(tmp_path: Path, placement: dict | None,
+                                                             messages: list[str]) -> None:
+    placement_path = tmp_path / "gpu-placement.json"
+    if placement is not None:
+        placement_path.write_text(json.dumps(placement))
+    gpu = {"gpu_service_memory_mib": {"asr": 6000}, "gpu_placement_path": str(placement_path)}
+    run = _deploy(NEXT, "-e", json.dumps(gpu))
+    assert run.returncode != 0
+    for message in messages:
+        assert message in run.output, run.output[-3000:]
+    assert "xlt-asr-blue" in docker_names()
+    assert set(served_by(2)) == {f"asr/{GOOD}/blue"}
+
+
 def test_check_mode_prints_the_plan_and_changes_nothing() -> None:
     state_before = (RUN_DIR / "state" / "state.json").read_text()
     history_before = (RUN_DIR / "state" / "history.jsonl").read_text()

@@ -111,3 +111,26 @@ def test_instance_drift_compares_secrets_without_naming_them() -> None:
     # A key the instance still holds when the secrets layer no longer gives one is drift too.
     assert f.xl_instance_drift([stale], "reg/asr@sha256:1", "cfg-1", {}) != []
     assert f.xl_instance_drift([_inspected("h1")], "reg/asr@sha256:1", "cfg-1", {"XL_GATEWAY_API_KEY": "k"}) != []
+
+
+def _on_gpus(inspected: dict, *uuids: str) -> dict:
+    inspected["container"]["HostConfig"] = {"DeviceRequests": [
+        {"Driver": "nvidia", "Count": 0, "DeviceIDs": list(uuids), "Capabilities": [["gpu", "compute", "utility"]]}]}
+    return inspected
+
+
+def test_instance_drift_compares_the_gpus_with_the_placement() -> None:
+    image, digest = "reg/asr@sha256:1", "cfg-1"
+    on_gpu0 = [_on_gpus(_inspected("h1"), "GPU-0"), _inspected("h2")]
+    assert f.xl_instance_drift(on_gpu0, image, digest, gpus={"h1": ["GPU-0"], "h2": []}) == []
+    # The placement moved the service to another GPU on h1, or gave h2's instance one.
+    assert f.xl_instance_drift(on_gpu0, image, digest, gpus={"h1": ["GPU-1"], "h2": []}) == [
+        "h1: runs on GPUs GPU-0, the host's placement gives it GPU-1"]
+    assert f.xl_instance_drift(on_gpu0, image, digest, gpus={"h1": ["GPU-0"], "h2": ["GPU-7"]}) == [
+        "h2: runs on GPUs none, the host's placement gives it GPU-7"]
+    # A GPU need set to 0: an instance that still holds its GPU is not the target.
+    assert f.xl_instance_drift(on_gpu0, image, digest) == ["h1: runs on GPUs GPU-0, the host's placement gives it none"]
+    # An instance started without device requests inspects as null.
+    plain = _inspected("h1")
+    plain["container"]["HostConfig"] = {"DeviceRequests": None}
+    assert f.xl_instance_drift([plain], image, digest, gpus={"h1": []}) == []

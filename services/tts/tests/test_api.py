@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import signal
+import statistics
 import threading
 import time
 import wave
@@ -61,10 +62,13 @@ def test_pcm_is_raw_16_bit_mono_at_the_voice_rate(tts_server) -> None:
 
 
 def test_speed_changes_duration(tts_server) -> None:
-    normal = _seconds(tts_server.speak(json={"input": SENTENCE}))
-    fast = _seconds(tts_server.speak(json={"input": SENTENCE, "speed": 2.0}))
-    slow = _seconds(tts_server.speak(json={"input": SENTENCE, "speed": 0.5}))
-    assert fast < 0.75 * normal < normal < slow / 1.4
+    # Piper draws its phoneme durations with noise, so one clip of each speed can be off by a fifth: the median of
+    # three is compared. Ignoring the speed gives ratios near 1, obeying it about 0.5 and 2.
+    def median_seconds(**speed: float) -> float:
+        return statistics.median(_seconds(tts_server.speak(json={"input": SENTENCE, **speed})) for _ in range(3))
+
+    normal, fast, slow = median_seconds(), median_seconds(speed=2.0), median_seconds(speed=0.5)
+    assert fast < 0.75 * normal < normal < slow / 1.4, (fast, normal, slow)
 
 
 def test_voice_aliases_speak_with_the_one_voice(tts_server) -> None:
