@@ -58,7 +58,7 @@ def xl_gpu_placements(results: Iterable[Mapping[str, Any]]) -> dict[str, dict[st
                 continue
             raise AnsibleFilterError(f"{source}: cannot read the GPU placement: {message}")
         try:
-            text = base64.b64decode(result.get("content", "")).decode("utf-8")
+            text = base64.b64decode(result["content"]).decode("utf-8")
             placements[host] = xl_gpu.parse_placement(text, source)
         except (ValueError, UnicodeDecodeError) as error:
             raise AnsibleFilterError(f"{source}: cannot read the GPU placement: {error}") from error

@@ -141,9 +141,9 @@ def xl_instance_drift(results: list, image: str, digest: str, secret_env: dict |
         elif labels.get("io.xlerobot.config", "") != digest:
             reasons.append(f"{host}: started with settings {labels.get('io.xlerobot.config') or 'unlabelled'},"
                            f" the configuration asks for {digest}")
-        elif _held_gpus(container) != sorted((gpus or {}).get(host) or []):
-            reasons.append(f"{host}: runs on GPUs {', '.join(_held_gpus(container)) or 'none'}, the host's placement "
-                           f"gives it {', '.join(sorted((gpus or {}).get(host) or [])) or 'none'}")
+        elif (held_gpus := _held_gpus(container)) != (wanted_gpus := sorted((gpus or {}).get(host) or [])):
+            reasons.append(f"{host}: runs on GPUs {', '.join(held_gpus) or 'none'}, the host's placement "
+                           f"gives it {', '.join(wanted_gpus) or 'none'}")
         else:
             held = {entry for entry in config.get("Env") or [] if entry.split("=", 1)[0] in names}
             if held != wanted_secrets:
