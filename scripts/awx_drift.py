@@ -12,7 +12,7 @@ For every job template (and every workflow, through its nodes):
   list of an ``assert`` (``var | default(...) in [...]``), the ``choices`` of a role option the variable feeds,
   ``true``/``false`` for a variable read through ``| bool``, and the configuration's own domains
   (environments: config/schema.json's enum, which the xlerobot role enforces; services: the catalogue of
-  config/base/services.yml, which the release role enforces; strategies: roles/release's choices). A choice
+  config/base/services.yml, which the release role enforces; strategies: xl_release.STRATEGIES). A choice
   question whose variable has no known domain is an error too: its choices would go unchecked.
 
 Inventories' source paths must exist unless pending. ``python scripts/awx_drift.py`` prints the findings
@@ -22,6 +22,7 @@ and exits 1 when any is an error.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import sys
@@ -274,8 +275,13 @@ def _catalogue_services(repo: Path) -> list[str]:
 
 
 def _release_strategies(repo: Path) -> list[str]:
-    specs = load_yaml(repo / "roles" / "release" / "meta" / "argument_specs.yml")["argument_specs"]
-    return list(specs["main"]["options"]["release_strategy"]["choices"])
+    """The strategies the release engine implements: xl_release.STRATEGIES, the one list its preamble checks."""
+    source = (repo / "plugins" / "module_utils" / "xl_release.py").read_text()
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "STRATEGIES" for t in node.targets):
+            return [str(value) for value in ast.literal_eval(node.value)]
+    raise ValueError("plugins/module_utils/xl_release.py defines no STRATEGIES")
 
 
 # Domains the configuration defines rather than a playbook line: each is enforced where the comment says.
@@ -285,7 +291,7 @@ CONFIG_DOMAINS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     # roles/release refuses a service the merged catalogue does not have.
     "services": ("config/base/services.yml catalogue", _catalogue_services),
     # deploy.yml dispatches to the strategies roles/release implements.
-    "strategy": ("roles/release release_strategy choices", _release_strategies),
+    "strategy": ("plugins/module_utils/xl_release.py STRATEGIES", _release_strategies),
 }
 
 

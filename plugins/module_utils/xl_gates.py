@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import io
 import json
 import re
@@ -22,7 +23,7 @@ import wave
 from collections.abc import Callable
 from typing import Any
 
-GATE_TYPES = ("liveness", "readiness", "transcription", "speech", "chat", "interaction")
+GATE_TYPES = ("liveness", "readiness", "transcription", "speech", "chat", "interaction", "version")
 
 
 class GateSpecError(ValueError):
@@ -131,6 +132,8 @@ def validate_gates(gates: list[dict[str, Any]]) -> None:
             max_tokens = gate.get("max_tokens", 16)
             if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 512:
                 raise GateSpecError(f"gates[{index}].max_tokens must be an integer 1..512, got {max_tokens!r}")
+        if kind == "version" and not gate.get("version"):
+            raise GateSpecError(f"gates[{index}] ({kind}) needs 'version', the version /version must answer")
         if kind in ("transcription", "speech", "interaction"):
             max_wer = gate.get("max_wer", 0.2)
             if not isinstance(max_wer, (int, float)) or not 0 <= max_wer <= 1:
@@ -323,6 +326,36 @@ def _interaction(base_url: str, gate: dict[str, Any], readback_headers: dict[str
     return outcome
 
 
+def _version(base_url: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """The instance answers /version with the expected version and, when `digest` is given, runs the image of that
+    digest: an instance that served production before is known again by what it says it is."""
+    started = time.monotonic()
+    status, answer = http_request(f"{base_url}{gate.get('path', '/version')}", timeout=float(gate.get("timeout", 5)))
+    seconds = round(time.monotonic() - started, 3)
+    expected = f"{gate['version']}" + (f" @ {gate['digest']}" if gate.get("digest") else "")
+    if status != 200:
+        return {"passed": False, "seconds": seconds, "measured": f"HTTP {status or 'no answer'}", "threshold": expected,
+                "why": f"/version answered {status or 'nothing'}: {answer.strip()[:160]}"}
+    try:
+        about = json.loads(answer)
+        version, image = str(about.get("version", "")), str(about.get("image", ""))
+    except (ValueError, AttributeError):
+        return {"passed": False, "seconds": seconds, "measured": "unparseable answer", "threshold": expected,
+                "why": f"/version is not JSON: {answer.strip()[:160]}"}
+    measured = version + (f" @ {image.rsplit('@', 1)[-1]}" if image else "")
+    if version != str(gate["version"]):
+        return {"passed": False, "seconds": seconds, "measured": measured, "threshold": expected,
+                "why": f"the instance answers version {version!r}, the record says {gate['version']!r}"}
+    if gate.get("digest") and not image.endswith("@" + str(gate["digest"])):
+        return {"passed": False, "seconds": seconds, "measured": measured, "threshold": expected,
+                "why": f"the instance runs image {image or 'it does not name'}, the record says {gate['digest']}"}
+    return {"passed": True, "seconds": seconds, "measured": measured, "threshold": expected}
+
+
+class GatesStopped(Exception):
+    """The run was asked to stop (playbooks/abort.yml) while gates were running."""
+
+
 def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep, readback_api_key: str | None = None,
               ) -> list[dict[str, Any]]:
@@ -345,12 +378,50 @@ def run_gates(base_url: str, gates: list[dict[str, Any]], clock: Callable[[], fl
             outcome = _chat(base_url, gate)
         elif kind == "interaction":
             outcome = _interaction(base_url, gate, readback_headers)
+        elif kind == "version":
+            outcome = _version(base_url, gate)
         else:
             outcome = _transcription(base_url, gate)
         results.append({"name": name, "type": kind, **outcome})
         if not outcome["passed"]:
             break
     return results
+
+
+def run_targets(targets: list[dict[str, Any]], concurrency: int = 4, readback_api_key: str | None = None,
+                stop: Callable[[], str | None] | None = None, sleep: Callable[[float], None] = time.sleep,
+                ) -> list[dict[str, Any]]:
+    """Gate several instances side by side, at most `concurrency` at once: each target ({service, host, url, gates,
+    context}) runs its gates in order, as run_gates does. Results come back in the order of `targets`, each with
+    `passed`, `results` and, on a failure, `msg` naming the gate, service and why. `stop` is asked between
+    polls; when it answers a reason, every unfinished target ends with that reason."""
+    for target in targets:
+        validate_gates(target["gates"])
+
+    def polling_sleep(seconds: float) -> None:
+        if stop is not None and (reason := stop()):
+            raise GatesStopped(reason)
+        sleep(seconds)
+
+    def one(target: dict[str, Any]) -> dict[str, Any]:
+        identity = {key: target.get(key) for key in ("service", "host", "colour")}
+        try:
+            if stop is not None and (reason := stop()):
+                raise GatesStopped(reason)
+            results = run_gates(target["url"].rstrip("/"), target["gates"], sleep=polling_sleep,
+                                readback_api_key=readback_api_key)
+        except GatesStopped as exc:
+            return {**identity, "passed": False, "results": [], "msg": str(exc), "stopped": True}
+        except OSError as exc:
+            return {**identity, "passed": False, "results": [],
+                    "msg": f"service {target['service']}: cannot run gates: {exc}"}
+        message = failure_message(str(target["service"]), target.get("context") or {}, results)
+        return {**identity, "passed": message is None, "results": results, **({"msg": message} if message else {})}
+
+    if not targets:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets)))) as pool:
+        return list(pool.map(one, targets))
 
 
 def failure_message(service: str, context: dict[str, Any], results: list[dict[str, Any]]) -> str | None:

@@ -182,6 +182,99 @@ def apply_weights(socket_path: str, backend: str, weights: dict[str, int], wait_
     return result
 
 
+def all_backends_state(socket_path: str, backends: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """`show servers state` of every backend in one runtime-API call; with `backends`, each must exist."""
+    state = parse_servers_state(send_command(socket_path, "show servers state"))
+    missing = sorted(set(backends or []) - set(state))
+    if missing:
+        raise HaproxyError(f"backend(s) {missing} do not exist in HAProxy (it has {sorted(state)})")
+    return {name: state[name] for name in backends} if backends is not None else state
+
+
+# The runtime CLI reads one line into a buffer of tune.bufsize (16 kB by default); longer batches go in several.
+MAX_LINE = 8000
+
+
+def _send_lines(socket_path: str, commands: list[str]) -> list[str]:
+    """Send commands joined by ';' in as few lines as fit, and return the non-empty answers."""
+    answers: list[str] = []
+    line: list[str] = []
+    for command in commands:
+        if line and len(";".join([*line, command])) > MAX_LINE:
+            answers.append(send_command(socket_path, ";".join(line)).strip())
+            line = []
+        line.append(command)
+    if line:
+        answers.append(send_command(socket_path, ";".join(line)).strip())
+    return [answer for answer in answers if answer]
+
+
+def apply_batch(socket_path: str, batch: dict[str, dict[str, int]], wait_up_timeout: float = 30.0,
+                check_mode: bool = False, interval: float = 0.25) -> dict[str, Any]:
+    """Move the traffic of several backends at once: `batch` is {backend: {server: weight}}. Servers gaining weight
+    must be UP first (or nothing changes); then every command goes in one runtime-API call, raising servers before
+    lowering others; the weights are read back, and on any refusal or difference the batch is undone (every server
+    set back to its weight before) and HaproxyError names what went wrong."""
+    before = all_backends_state(socket_path, sorted(batch))
+    commands: list[str] = []
+    result: dict[str, Any] = {"changed": False, "backends": {}}
+    for name in sorted(batch):
+        planned = [cmd.format(backend=name) for cmd in plan_weights(before[name], batch[name])]
+        expected = {**{srv: state["weight"] for srv, state in before[name].items()}, **batch[name]}
+        result["backends"][name] = {"changed": bool(planned), "commands": planned,
+                                    "before": _weights_view(before[name]),
+                                    "after": {srv: expected[srv] for srv in sorted(before[name])}}
+        commands += planned
+    result["changed"] = bool(commands)
+    result["commands"] = commands
+    if not commands or check_mode:
+        return result
+    # Raising ones first across the whole batch, as plan_weights does within one backend.
+    commands.sort(key=lambda command: command.startswith("set weight") and command.endswith(" 0"))
+    gaining = {name: [srv for srv, weight in weights.items() if (weight > 0 and before[name][srv]["weight"] != weight)
+                      or (weight > 0 and before[name][srv]["maintenance"])]
+               for name, weights in batch.items()}
+    if wait_up_timeout > 0 and any(gaining.values()):
+        deadline = time.monotonic() + wait_up_timeout
+        while True:
+            now_state = all_backends_state(socket_path, sorted(batch))
+            down = [f"{name}/{srv}={now_state[name].get(srv, {}).get('op_state', 'absent')}"
+                    for name, names in gaining.items() for srv in names if not now_state[name].get(srv, {}).get("up")]
+            if not down:
+                break
+            if time.monotonic() >= deadline:
+                raise HaproxyError(f"HAProxy health checks never marked {', '.join(down)} UP within "
+                                   f"{wait_up_timeout:.0f} s; nothing was changed")
+            time.sleep(interval)
+    refused = _send_lines(socket_path, commands)
+    after = all_backends_state(socket_path, sorted(batch))
+    wrong = {f"{name}/{srv}": after[name][srv]["weight"] for name, weights in batch.items()
+             for srv, weight in weights.items() if after[name][srv]["weight"] != weight}
+    if refused or wrong:
+        undo = [cmd.format(backend=name) for name in sorted(batch)
+                for cmd in plan_weights(after[name], {srv: before[name][srv]["weight"] for srv in batch[name]})]
+        undo_refused = _send_lines(socket_path, undo) if undo else []
+        problem = f"HAProxy refused {refused}" if refused else f"weights read back differ from what was set: {wrong}"
+        undone = f" (the undo was refused too: {undo_refused})" if undo_refused else ""
+        raise HaproxyError(f"{problem}; the batch was undone{undone}")
+    for name in sorted(batch):
+        result["backends"][name]["after"] = _weights_view(after[name])
+    return result
+
+
+def wait_drained(socket_path: str, servers_by_backend: dict[str, list[str]], timeout: float,
+                 interval: float = 0.25) -> dict[str, dict[str, int]]:
+    """Block until none of the servers has a request in flight (or `timeout`); return what was left per backend."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sessions = parse_stat_sessions(send_command(socket_path, "show stat"))
+        left = {name: {srv: sessions.get((name, srv), 0) for srv in names}
+                for name, names in servers_by_backend.items()}
+        if not any(count for counts in left.values() for count in counts.values()) or time.monotonic() >= deadline:
+            return left
+        time.sleep(interval)
+
+
 def _weights_view(servers: dict[str, dict[str, Any]]) -> dict[str, int]:
     return {name: (0 if srv["maintenance"] else srv["weight"]) for name, srv in sorted(servers.items())}
 

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -189,6 +190,28 @@ def release(state_dir: str, release: str, now: datetime.datetime | None = None) 
     except OSError as exc:
         raise LockError(f"cannot remove deploy lock {path}: {exc}") from exc
     return current
+
+
+def annotate(state_dir: str, release: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Add what the run holding the lock is doing (`run`: its services and the traffic to return them to) to the
+    lock, so that playbooks/abort.yml can return the traffic without the run's help. Only the holder may."""
+    path = lock_path(state_dir)
+    current = read(state_dir)
+    if not holds(current, release):
+        raise LockHeld(f"release {release} does not hold the lock: "
+                       f"{describe(current, path) if current else 'there is no lock'}", current or {})
+    info = {**(current or {}), "run": run}
+    handle, tmp_path = tempfile.mkstemp(dir=state_dir, prefix=".lock-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(json.dumps(info, sort_keys=True) + "\n")
+        os.chmod(tmp_path, 0o600)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+    return info
 
 
 def break_lock(state_dir: str) -> dict[str, Any] | None:

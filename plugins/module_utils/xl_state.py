@@ -97,3 +97,22 @@ def read_history(state_dir: str, service: str | None = None) -> list[dict[str, A
             if service is None or event.get("service") == service:
                 events.append(event)
     return events
+
+
+def record_run(state_dir: str, live: dict[str, dict[str, Any]], events: list[dict[str, Any]],
+               check_mode: bool = False) -> dict[str, Any]:
+    """What a run writes once at its end: the new live release of every service it moved (the state file written
+    once) and one history event per service it acted on. Returns {changed, before, after} of the services."""
+    state = load_state(state_dir)
+    new_state = state
+    for service, entry in live.items():
+        new_state = next_state(new_state, service, entry)
+    names = sorted(set(live) | {event.get("service", "") for event in events} - {""})
+    before = {name: state["services"].get(name, {}) for name in names}
+    after = {name: new_state["services"].get(name, {}) for name in names}
+    if not check_mode:
+        if new_state != state:
+            save_state(state_dir, new_state)
+        for event in events:
+            append_history(state_dir, event)
+    return {"changed": new_state != state or bool(events), "before": before, "after": after}

@@ -16,6 +16,9 @@ description:
     as soon as a metric's failed measurements exceed its C(failureLimit), and is inconclusive as soon as its
     inconclusive measurements exceed its C(inconclusiveLimit) or when a metric never had a successful
     measurement. The task fails unless the phase is C(SUCCESSFUL), and returns the measurements either way.
+  - With O(analyses), judges several services side by side (each its own canary and baseline, metrics, window,
+    count and interval); a phase other than C(SUCCESSFUL) is then a result, not a failed task, so the caller judges
+    all of them together.
   - Only reads from Prometheus, so the module never reports a change.
 options:
   prometheus_url:
@@ -23,13 +26,11 @@ options:
     type: str
     required: true
   service:
-    description: Service name, substituted for C($service) in queries.
+    description: Service name, substituted for C($service) in queries (one analysis; see O(analyses)).
     type: str
-    required: true
   canary:
     description: Colour under analysis, substituted for C($colour) in the canary's queries.
     type: str
-    required: true
   baseline:
     description:
       - Colour to compare with, substituted for C($colour) in the baseline's queries.
@@ -46,7 +47,21 @@ options:
       - A query must aggregate to one series (for example with C(sum) or C(histogram_quantile)).
     type: list
     elements: dict
-    required: true
+  analyses:
+    description:
+      - Several analyses run side by side, each a mapping with C(service), C(canary), C(metrics) and optionally
+        C(baseline), C(window), C(count) and C(interval) (defaults as for one analysis). Mutually exclusive with
+        O(service).
+    type: list
+    elements: dict
+  state_dir:
+    description:
+      - With O(release), the deploy state directory where C(playbooks/abort.yml) leaves an abort request; the
+        analysis stops between measurements once one is there for O(release).
+    type: path
+  release:
+    description: Release id of the run the analysis belongs to (see O(state_dir)).
+    type: str
   window:
     description: Range substituted for C($window), a Prometheus duration.
     type: str
@@ -105,7 +120,7 @@ EXAMPLES = r"""
 RETURN = r"""
 phase:
   description: C(SUCCESSFUL), C(FAILED), C(INCONCLUSIVE), or C(ERROR) when Prometheus could not be queried.
-  returned: unless in check mode
+  returned: unless in check mode or with O(analyses)
   type: str
   sample: FAILED
 message:
@@ -121,7 +136,16 @@ measurements:
   elements: dict
   sample: [{"metric": "error-ratio", "at": "2026-11-28T12:00:00Z", "canary_value": 0.12, "baseline_value": null,
             "outcome": "FAILED", "condition": "result <= 0.05"}]
+results:
+  description: With O(analyses), one entry per analysis in order, with C(service), C(phase), C(message) and
+    C(measurements) (C(ABORTED) when the run was asked to stop).
+  returned: with O(analyses)
+  type: list
+  elements: dict
 """
+
+import concurrent.futures
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.xl_analysis import (
@@ -131,24 +155,77 @@ from ansible.module_utils.xl_analysis import (
     validate_metrics,
     validate_target,
 )
+from ansible.module_utils.xl_release import abort_message, abort_requested
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _one(params, spec, sleep):
+    where = f"canary analysis of {spec.get('service')} {spec.get('canary')}"
+    try:
+        result = run_analysis(params["prometheus_url"], spec["metrics"], spec["service"], spec["canary"],
+                              spec.get("baseline"), window=spec.get("window", "1m"), count=int(spec.get("count", 3)),
+                              interval_s=float(spec.get("interval", 10.0)), timeout=params["timeout"], sleep=sleep)
+    except AnalysisError as exc:
+        return {"service": spec["service"], "phase": "ERROR", "message": f"{where}: {exc}",
+                "measurements": exc.measurements}
+    except _Stopped as exc:
+        return {"service": spec["service"], "phase": "ABORTED", "message": str(exc), "measurements": []}
+    return {"service": spec["service"], **result}
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             prometheus_url=dict(type="str", required=True),
-            service=dict(type="str", required=True),
-            canary=dict(type="str", required=True),
+            service=dict(type="str"),
+            canary=dict(type="str"),
             baseline=dict(type="str"),
-            metrics=dict(type="list", elements="dict", required=True),
+            metrics=dict(type="list", elements="dict"),
+            analyses=dict(type="list", elements="dict"),
+            state_dir=dict(type="path"),
+            release=dict(type="str"),
             window=dict(type="str", default="1m"),
             count=dict(type="int", default=3),
             interval=dict(type="float", default=10.0),
             timeout=dict(type="float", default=10.0),
         ),
+        mutually_exclusive=[("analyses", "service")],
+        required_one_of=[("analyses", "service")],
+        required_by={"service": ("canary", "metrics")},
+        required_together=[("state_dir", "release")],
         supports_check_mode=True,
     )
     params = module.params
+    if params["analyses"] is not None:
+        specs = [{"window": params["window"], "count": params["count"], "interval": params["interval"], **spec}
+                 for spec in params["analyses"]]
+        for spec in specs:
+            where = f"canary analysis of {spec.get('service')} {spec.get('canary')}"
+            try:
+                validate_target(spec.get("service"), spec.get("canary"), spec.get("baseline"), spec["window"],
+                                int(spec["count"]), float(spec["interval"]))
+                validate_metrics(spec.get("metrics") or [], spec.get("baseline"))
+            except (AnalysisError, TypeError, ValueError) as exc:
+                module.fail_json(msg=f"{where}: {exc}", results=[])
+        if module.check_mode:
+            module.exit_json(changed=False, results=[], skipped_reason="check mode sends no query")
+
+        def sleep(seconds):
+            deadline = time.monotonic() + seconds
+            while True:
+                if params["state_dir"] and (request := abort_requested(params["state_dir"], params["release"])):
+                    raise _Stopped(abort_message(request))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                time.sleep(min(0.2, left))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+            results = list(pool.map(lambda spec: _one(params, spec, sleep), specs))
+        module.exit_json(changed=False, results=results)
     where = f"canary analysis of {params['service']} {params['canary']}"
     try:
         validate_target(params["service"], params["canary"], params["baseline"], params["window"], params["count"],

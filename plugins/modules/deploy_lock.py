@@ -24,10 +24,12 @@ options:
     type: path
     required: true
   state:
-    description: V(acquired), V(released) or V(broken).
+    description:
+      - V(acquired), V(released) or V(broken).
+      - V(annotated) adds O(run) to the lock the release holds, for C(playbooks/abort.yml) to read.
     type: str
     required: true
-    choices: [acquired, released, broken]
+    choices: [acquired, released, broken, annotated]
   release:
     description: Release id of the deploy taking or releasing the lock. Required for V(acquired) and V(released).
     type: str
@@ -37,6 +39,11 @@ options:
       - Defaults to the user the module runs as on the gateway host (often C(root) with become), so playbooks
         should pass the operator's name.
     type: str
+  run:
+    description:
+      - With O(state=annotated), what the run does (its services, strategy and the weights that return their
+        traffic), stored in the lock.
+    type: dict
   purpose:
     description: What the deploy does, shown to whoever finds the lock taken.
     type: str
@@ -97,6 +104,7 @@ from ansible.module_utils.xl_lock import (
     LockError,
     LockHeld,
     acquire,
+    annotate,
     break_lock,
     describe,
     holds,
@@ -105,6 +113,7 @@ from ansible.module_utils.xl_lock import (
     read,
     release,
 )
+from ansible.module_utils.xl_release import clear_abort
 
 
 def _user():
@@ -118,12 +127,14 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state_dir=dict(type="path", required=True),
-            state=dict(type="str", required=True, choices=["acquired", "released", "broken"]),
+            state=dict(type="str", required=True, choices=["acquired", "released", "broken", "annotated"]),
+            run=dict(type="dict"),
             release=dict(type="str"),
             holder=dict(type="str"),
             purpose=dict(type="str", default=""),
         ),
-        required_if=[("state", "acquired", ["release"]), ("state", "released", ["release"])],
+        required_if=[("state", "acquired", ["release"]), ("state", "released", ["release"]),
+                     ("state", "annotated", ["release", "run"])],
         supports_check_mode=True,
     )
     params = module.params
@@ -139,12 +150,17 @@ def main():
                 after = before or new_lock(holder, params["release"], params["purpose"])
             else:
                 after = acquire(state_dir, holder, params["release"], params["purpose"])
+                # An abort request left for a run that has ended must not stop this one.
+                clear_abort(state_dir, keep_release=params["release"])
+        elif wanted == "annotated":
+            after = before if module.check_mode else annotate(state_dir, params["release"], params["run"])
         elif wanted == "released":
             if before is not None and not holds(before, params["release"]):
                 raise LockHeld(f"release {params['release']} cannot release the lock: "
                                f"{describe(before, lock_path(state_dir))}", before)
             if not module.check_mode:
                 release(state_dir, params["release"])
+                clear_abort(state_dir)
             after = None
         else:
             if not module.check_mode:

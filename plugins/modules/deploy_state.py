@@ -29,6 +29,12 @@ options:
   event:
     description: Append this event to the history (a C(service) key is added when missing).
     type: dict
+  run:
+    description:
+      - What a run of the release engine records once at its end, for several services at a time - C(live), a
+        mapping of service to its new live release (as O(live)), and C(events), a list of history events each
+        naming its C(service). The state file is written once.
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -75,6 +81,7 @@ from ansible.module_utils.xl_state import (
     load_state,
     next_state,
     read_history,
+    record_run,
     save_state,
 )
 
@@ -86,13 +93,20 @@ def main():
             service=dict(type="str"),
             live=dict(type="dict"),
             event=dict(type="dict"),
+            run=dict(type="dict"),
         ),
         required_by={"live": "service", "event": "service"},
+        mutually_exclusive=[("run", "service"), ("run", "live"), ("run", "event")],
         supports_check_mode=True,
     )
     params = module.params
     service = params["service"]
     try:
+        if params["run"] is not None:
+            run = record_run(params["state_dir"], params["run"].get("live") or {}, params["run"].get("events") or [],
+                             check_mode=module.check_mode)
+            module.exit_json(changed=run["changed"], state=run["after"],
+                             diff={"before": run["before"], "after": run["after"]})
         state = load_state(params["state_dir"])
         if params["live"] is None and params["event"] is None:
             view = state["services"].get(service, {}) if service else state

@@ -14,18 +14,38 @@ description:
     must first be reported UP by HAProxy's own health checks, otherwise nothing is changed and the task fails.
   - Servers are raised before others are lowered, so the backend never has zero capacity mid-switch.
   - Without O(weights), only reports the backend's servers (weight, health, maintenance, drain).
+  - With O(batch), moves the traffic of several backends in one runtime-API call (every service of a release
+    run together), reads it back and undoes the whole batch on any refusal or difference. With O(backends),
+    reports several backends from one C(show servers state).
 options:
   socket:
     description: Path of the HAProxy admin socket (C(stats socket ... level admin)).
     type: path
     required: true
   backend:
-    description: Backend name, for example C(be_asr).
+    description: Backend name, for example C(be_asr). One of O(backend), O(backends) and O(batch) is required.
     type: str
-    required: true
   weights:
     description: Target weight per server name, 0 to 256. Servers not listed keep their weight.
     type: dict
+  backends:
+    description: Backends to report, all from one C(show servers state).
+    type: list
+    elements: str
+  batch:
+    description:
+      - Target weights of several backends, C({backend: {server: weight}}), applied in one runtime-API call.
+    type: dict
+  state_dir:
+    description:
+      - With O(batch), the deploy state directory; the batch is applied under the lock C(playbooks/abort.yml)
+        takes, so a run's move and an abort's return of the traffic never interleave.
+    type: path
+  release:
+    description:
+      - With O(batch) and O(state_dir), the release id of the run moving the traffic; once an abort was requested
+        for it, the batch is refused and nothing changes.
+    type: str
   wait_up_timeout:
     description: Seconds to wait for servers gaining weight to be UP in HAProxy before switching.
     type: float
@@ -63,6 +83,15 @@ EXAMPLES = r"""
       asr_green: 100
       asr_blue: 0
     wait_drained_timeout: 30
+
+- name: Every service of a run to its new colour in one runtime-API call
+  haproxy_traffic:
+    socket: /run/haproxy/admin.sock
+    batch:
+      be_asr: {asr_blue: 0, asr_green: 100}
+      be_tts: {tts_green: 0, tts_blue: 100}
+    state_dir: /var/lib/xlerobot/state
+    release: 20261203T120000Z-1.1.0
 
 - name: Read the live weights
   haproxy_traffic:
@@ -102,17 +131,28 @@ in_flight_left:
   description: Requests still in flight on lowered servers when the drain wait ended.
   returned: when O(wait_drained_timeout) is above zero and something changed
   type: dict
+backends:
+  description:
+    - With O(backends), each backend's C(servers), C(weights) and C(live).
+    - With O(batch), each backend's C(changed), C(commands), C(before) and C(weights) after the task, and
+      C(in_flight_left) when a drain wait ran.
+  returned: with O(backends) or O(batch)
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.xl_haproxy import (
     HaproxyError,
+    all_backends_state,
+    apply_batch,
     apply_weights,
     backend_state,
     config_weights,
     live_servers,
+    wait_drained,
     wait_until_drained,
 )
+from ansible.module_utils.xl_release import abort_message, abort_requested, traffic_guard
 
 
 def _read_from_config(module, path, backend):
@@ -133,20 +173,62 @@ def _weights(servers):
     return {name: (0 if srv["maintenance"] else srv["weight"]) for name, srv in sorted(servers.items())}
 
 
+def _batch(module, params):
+    batch = {name: {server: int(weight) for server, weight in (weights or {}).items()}
+             for name, weights in params["batch"].items()}
+    with traffic_guard(params["state_dir"]):
+        if params["release"] and params["state_dir"]:
+            request = abort_requested(params["state_dir"], params["release"])
+            if request:
+                module.fail_json(msg=f"traffic not moved: the run was {abort_message(request)}", backends={},
+                                 aborted=True)
+        result = apply_batch(params["socket"], batch, wait_up_timeout=params["wait_up_timeout"],
+                             check_mode=module.check_mode)
+    backends = {}
+    for name, moved in result["backends"].items():
+        backends[name] = {"changed": moved["changed"], "commands": moved["commands"], "before": moved["before"],
+                          "weights": moved["after"]}
+    if result["changed"] and not module.check_mode and params["wait_drained_timeout"] > 0:
+        lowered = {name: [server for server, weight in batch[name].items()
+                          if weight == 0 and result["backends"][name]["before"].get(server)]
+                   for name in batch}
+        left = wait_drained(params["socket"], {name: names for name, names in lowered.items() if names},
+                            params["wait_drained_timeout"])
+        for name, counts in left.items():
+            backends[name]["in_flight_left"] = counts
+    module.exit_json(changed=result["changed"], backends=backends, commands=result["commands"],
+                     diff={"before": {name: moved["before"] for name, moved in backends.items()},
+                           "after": {name: moved["weights"] for name, moved in backends.items()}})
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             socket=dict(type="path", required=True),
-            backend=dict(type="str", required=True),
+            backend=dict(type="str"),
+            backends=dict(type="list", elements="str"),
+            batch=dict(type="dict"),
+            state_dir=dict(type="path"),
+            release=dict(type="str"),
             weights=dict(type="dict"),
             wait_up_timeout=dict(type="float", default=30.0),
             wait_drained_timeout=dict(type="float", default=0.0),
             fallback_config=dict(type="path"),
         ),
+        required_one_of=[("backend", "backends", "batch")],
+        mutually_exclusive=[("backend", "backends", "batch")],
+        required_by={"weights": "backend"},
         supports_check_mode=True,
     )
     params = module.params
     try:
+        if params["batch"] is not None:
+            _batch(module, params)
+        if params["backends"] is not None:
+            state = all_backends_state(params["socket"], params["backends"])
+            module.exit_json(changed=False, backends={name: {"servers": servers, "weights": _weights(servers),
+                                                             "live": live_servers(servers)}
+                                                      for name, servers in state.items()})
         if not params["weights"]:
             try:
                 servers = backend_state(params["socket"], params["backend"])
@@ -166,7 +248,8 @@ def main():
                                                          params["wait_drained_timeout"])
         servers = backend_state(params["socket"], params["backend"])
     except HaproxyError as exc:
-        module.fail_json(msg=f"backend {params['backend']}: {exc}")
+        where = params["backend"] or ", ".join(sorted(params["batch"] or {})) or ", ".join(params["backends"] or [])
+        module.fail_json(msg=f"backend {where}: {exc}")
     except ValueError as exc:
         module.fail_json(msg=f"weights: {exc}")
     live = live_servers(servers) if not module.check_mode else sorted(

@@ -38,7 +38,7 @@ class ServiceProcess:
             # copy of xl_service (the image's build context), which may be older than services/common.
             cwd=COMMON, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": path, "XL_VERSION": "9.9.9-test", "XL_COLOUR": "green",
-                 "XL_RELEASE": "r-test", **env},
+                 "XL_RELEASE": "r-test", "XL_IMAGE": "registry.test/xlerobot/svc@sha256:" + "0" * 64, **env},
         )
 
     def _wait(self, path: str, timeout: float) -> None:

@@ -102,6 +102,7 @@ def test_probes_and_identity(asr_server) -> None:
     assert ready.status_code == 200 and ready.json()["model"] == "whisper-base"
     version = requests.get(f"{asr_server.url}/version", timeout=5)
     assert version.json() == {"service": "asr", "version": "9.9.9-test", "colour": "green", "release": "r-test",
+                              "image": "registry.test/xlerobot/svc@sha256:" + "0" * 64,
                               "model": "whisper-base"}
     assert version.headers["X-Served-By"] == "asr/9.9.9-test/green"
 

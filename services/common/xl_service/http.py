@@ -215,7 +215,7 @@ def install_probes(app: FastAPI, *, identity: Identity, metrics: Metrics, engine
     @app.get("/version")
     async def version() -> dict[str, Any]:
         return {"service": identity.service, "version": identity.version, "colour": identity.colour,
-                "release": identity.release, **about()}
+                "release": identity.release, "image": identity.image, **about()}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -105,12 +105,14 @@ class Identity:
     version: str = "dev"
     colour: str = "none"
     release: str = ""
+    # The image reference by digest the instance was started from (what a rollback's warm check compares).
+    image: str = ""
 
     @classmethod
     def from_env(cls, service: str) -> Identity:
         env = os.environ.get
         return cls(service=env("XL_SERVICE", service), version=env("XL_VERSION", "dev"),
-                   colour=env("XL_COLOUR", "none"), release=env("XL_RELEASE", ""))
+                   colour=env("XL_COLOUR", "none"), release=env("XL_RELEASE", ""), image=env("XL_IMAGE", ""))
 
     @property
     def served_by(self) -> str:

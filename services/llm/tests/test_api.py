@@ -212,6 +212,7 @@ def test_probes_and_identity(llm_server) -> None:
     assert ready.json() == {"status": "ready", "model": "smollm2-135m-instruct"}
     version = requests.get(f"{llm_server.url}/version", timeout=5)
     assert version.json() == {"service": "llm", "version": "9.9.9-test", "colour": "green", "release": "r-test",
+                              "image": "registry.test/xlerobot/svc@sha256:" + "0" * 64,
                               "model": "smollm2-135m-instruct", "runtime": "llama-cpp-python 0.3.36"}
     assert version.headers["X-Served-By"] == "llm/9.9.9-test/green"
 

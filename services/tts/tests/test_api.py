@@ -127,6 +127,7 @@ def test_probes_and_identity(tts_server) -> None:
     assert ready.json() == {"status": "ready", "model": "piper-joe-medium", "engine": "piper"}
     version = requests.get(f"{tts_server.url}/version", timeout=5)
     assert version.json() == {"service": "tts", "version": "9.9.9-test", "colour": "green", "release": "r-test",
+                              "image": "registry.test/xlerobot/svc@sha256:" + "0" * 64,
                               "model": "piper-joe-medium", "engine": "piper"}
     assert version.headers["X-Served-By"] == "tts/9.9.9-test/green"
 
