@@ -274,14 +274,22 @@ def _catalogue_services(repo: Path) -> list[str]:
     return list(load_yaml(repo / "config" / "base" / "services.yml")["xlerobot_services"])
 
 
-def _release_strategies(repo: Path) -> list[str]:
-    """The strategies the release engine implements: xl_release.STRATEGIES, the one list its preamble checks."""
-    source = (repo / "plugins" / "module_utils" / "xl_release.py").read_text()
-    tree = ast.parse(source)
+def _engine_constant(repo: Path, name: str) -> list[str]:
+    """A list of the release engine's choices (xl_release.STRATEGIES, ABORT_SCOPES): the one list its preamble
+    checks, read from the source without importing it."""
+    tree = ast.parse((repo / "plugins" / "module_utils" / "xl_release.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "STRATEGIES" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", "") == name for target in node.targets):
             return [str(value) for value in ast.literal_eval(node.value)]
-    raise ValueError("plugins/module_utils/xl_release.py defines no STRATEGIES")
+    raise ValueError(f"plugins/module_utils/xl_release.py defines no {name}")
+
+
+def _release_strategies(repo: Path) -> list[str]:
+    return _engine_constant(repo, "STRATEGIES")
+
+
+def _abort_scopes(repo: Path) -> list[str]:
+    return _engine_constant(repo, "ABORT_SCOPES")
 
 
 # Domains the configuration defines rather than a playbook line: each is enforced where the comment says.
@@ -292,6 +300,8 @@ CONFIG_DOMAINS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "services": ("config/base/services.yml catalogue", _catalogue_services),
     # deploy.yml dispatches to the strategies roles/release implements.
     "strategy": ("plugins/module_utils/xl_release.py STRATEGIES", _release_strategies),
+    # The release engine's preamble refuses any other abort scope.
+    "abort_scope": ("plugins/module_utils/xl_release.py ABORT_SCOPES", _abort_scopes),
 }
 
 

@@ -149,6 +149,7 @@ class FilterModule:
             "xl_release_failure_messages": release.failure_messages,
             "xl_release_golden_texts": release.golden_texts,
             "xl_release_observed": release.observed,
+            "xl_release_inspections": release.inspections,
             "xl_release_targets": release.targets_from_manifests,
             "xl_release_live_targets": release.live_targets,
             "xl_release_final_weights": release.final_weights,

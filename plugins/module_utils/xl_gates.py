@@ -411,12 +411,15 @@ def run_targets(targets: list[dict[str, Any]], concurrency: int = 4, readback_ap
             results = run_gates(target["url"].rstrip("/"), target["gates"], sleep=polling_sleep,
                                 readback_api_key=readback_api_key)
         except GatesStopped as exc:
-            return {**identity, "passed": False, "results": [], "msg": str(exc), "stopped": True}
+            return {**identity, "passed": False, "results": [], "msg": str(exc), "stopped": True,
+                    "finished_at": time.time()}
         except OSError as exc:
             return {**identity, "passed": False, "results": [],
                     "msg": f"service {target['service']}: cannot run gates: {exc}"}
         message = failure_message(str(target["service"]), target.get("context") or {}, results)
-        return {**identity, "passed": message is None, "results": results, **({"msg": message} if message else {})}
+        # When the verdict was known: what the time to return traffic after a failed gate is measured from.
+        return {**identity, "passed": message is None, "results": results, "finished_at": time.time(),
+                **({"msg": message} if message else {})}
 
     if not targets:
         return []

@@ -8,7 +8,10 @@ exercise every branch against a real HAProxy.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -277,6 +280,48 @@ def wait_drained(socket_path: str, servers_by_backend: dict[str, list[str]], tim
 
 def _weights_view(servers: dict[str, dict[str, Any]]) -> dict[str, int]:
     return {name: (0 if srv["maintenance"] else srv["weight"]) for name, srv in sorted(servers.items())}
+
+
+def rewrite_config_weights(text: str, weights: dict[str, dict[str, int]]) -> str:
+    """The configuration `text` with the `weight` of every server named in `weights` ({backend: {server: weight}})
+    set to its live value: how a traffic move is persisted, so a restart or reload keeps it, without a template
+    run or a reload. Nothing else in the file changes."""
+    lines, backend = [], None
+    for raw in text.splitlines(keepends=True):
+        words = raw.split("#", 1)[0].split()
+        if words and words[0] in ("backend", "frontend", "listen", "defaults", "global", "resolvers", "peers",
+                                  "userlist"):
+            backend = words[1] if words[0] in ("backend", "listen") and len(words) > 1 else None
+        elif backend and len(words) >= 3 and words[0] == "server" and words[1] in weights.get(backend, {}):
+            live = weights[backend][words[1]]
+            if "weight" in words[3:]:
+                raw = re.sub(r"(\sweight\s+)[0-9]+", rf"\g<1>{live}", raw, count=1)
+            else:
+                raw = raw.rstrip("\n") + f" weight {live}\n"
+        lines.append(raw)
+    return "".join(lines)
+
+
+def persist_weights(config_file: str, weights: dict[str, dict[str, int]]) -> bool:
+    """Write the live weights into the HAProxy configuration file (atomically, keeping its mode); True when the
+    file changed."""
+    with open(config_file, encoding="utf-8") as handle:
+        before = handle.read()
+    after = rewrite_config_weights(before, weights)
+    if after == before:
+        return False
+    mode = os.stat(config_file).st_mode & 0o7777
+    handle_fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(config_file) or ".", prefix=".haproxy-")
+    try:
+        with os.fdopen(handle_fd, "w", encoding="utf-8") as out:
+            out.write(after)
+        os.chmod(tmp_path, mode)
+        os.replace(tmp_path, config_file)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+    return True
 
 
 def config_weights(text: str) -> dict[str, dict[str, int]]:

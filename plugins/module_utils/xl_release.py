@@ -767,7 +767,8 @@ def plan_rollback(request: Mapping[str, Any], observed: Mapping[str, Any]) -> di
                                       "digest": recorded["live"].get("digest", "")},
                                "weights_after": restore_weights(service, host_names, colours, live_colour),
                                "remove": [{"service": service, "colour": other_colour(live_colour, colours),
-                                           "host": host, "stop_timeout": catalogue[service].get("stop_timeout", 60)}
+                                           "host": host,
+                                           "stop_timeout": (catalogue.get(service) or {}).get("stop_timeout", 60)}
                                           for host in host_names]})
             plan["fast"][service] = entry_plan["weights_after"]
             continue
@@ -799,7 +800,8 @@ def plan_rollback(request: Mapping[str, Any], observed: Mapping[str, Any]) -> di
         if candidate:
             hosts = _hosts_view(request["hosts"])
             plan["checks"] += [{"service": service, "host": host, "colour": idle_colour,
-                                "url": instance_url(catalogue[service], idle_colour, hosts[host]["address"]),
+                                "url": _check_url(catalogue.get(service) or {}, service, idle_colour, host, hosts,
+                                                  host_names, servers_state),
                                 "gates": [{"name": "warm-version", "type": "version", "version": target["version"],
                                            "digest": target["digest"], "timeout": 2}],
                                 "context": {"strategy": "rollback", "colour": idle_colour, "host": host}}
@@ -835,6 +837,16 @@ def plan_rollback(request: Mapping[str, Any], observed: Mapping[str, Any]) -> di
     return plan
 
 
+def _check_url(spec: Mapping[str, Any], service: str, colour: str, host: str, hosts: Mapping[str, Any],
+               host_names: Sequence[str], servers_state: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where a warm instance answers: its catalogue port on its host's address, or, where the run has no
+    configuration loaded (the fast rollback), the address and port HAProxy itself sends its traffic to."""
+    if (spec.get("ports") or {}).get(colour):
+        return instance_url(spec, colour, hosts[host]["address"])
+    found = servers_state.get(host_server(service, colour, host, host_names)) or {}
+    return f"http://{found.get('address', hosts[host]['address'])}:{found.get('port', 0)}"
+
+
 def _why_gated(candidate: bool, live_colour: str, previous_colour: str | None, idle_colour: str,
                checks: Sequence[Mapping[str, Any]] | None, service: str) -> str:
     if not live_colour:
@@ -855,7 +867,8 @@ def _rollback_target(service: str, recorded: Mapping[str, Any], history: Sequenc
         if not named:
             return None
         last = named[-1]
-        image = request["catalogue"][service]["image"]
+        default_image = f"{request.get('namespace', 'xlerobot')}/{service}"
+        image = (request["catalogue"].get(service) or {}).get("image", default_image)
         return {"version": last["version"], "digest": last["digest"],
                 "ref": f"{request.get('registry', '')}/{image}@{last['digest']}",
                 "colour": (last.get("to") or {}).get("colour", "")}
@@ -891,10 +904,12 @@ def new_progress(plan: Mapping[str, Any], now: float) -> dict[str, Any]:
             for service in plan["services"]}
 
 
-def _failure(progress: dict[str, Any], service: str, step: str, reason: str) -> None:
+def _failure(progress: dict[str, Any], service: str, step: str, reason: str, at: float | None = None) -> None:
     if not progress[service]["failure"]:
         progress[service]["failure"] = reason
         progress[service]["step"] = step
+        if at is not None:
+            progress[service]["failed_at"] = at
 
 
 def note_step(progress: Mapping[str, Any], services: Sequence[str], step: str) -> dict[str, Any]:
@@ -915,7 +930,8 @@ def note_gates(progress: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
         service = result["service"]
         updated[service][key] += [{**gate, "host": result.get("host", "")} for gate in result.get("results") or []]
         if not result.get("passed") and key == "gates":
-            _failure(updated, service, "gates", str(result.get("msg") or "the gates did not pass"))
+            _failure(updated, service, "gates", str(result.get("msg") or "the gates did not pass"),
+                     result.get("finished_at"))
     return updated
 
 
@@ -961,7 +977,7 @@ def note_analyses(progress: Mapping[str, Any], results: Sequence[Mapping[str, An
                                               "message": result.get("message", "")}})
         if phase != "SUCCESSFUL":
             _failure(updated, service, f"analysis at round {result.get('round', '?')}",
-                     f"canary analysis of {service}: {phase}: {result.get('message', '')}")
+                     f"canary analysis of {service}: {phase}: {result.get('message', '')}", result.get("finished_at"))
     return updated
 
 
@@ -1220,6 +1236,8 @@ def run_record(plan: Mapping[str, Any], progress: Mapping[str, Any], *, environm
         if result != "success":
             event.update({"step": record["step"], "reason": record["failure"],
                           "traffic_restored": bool(record.get("traffic_restored"))})
+            if record.get("failed_at"):
+                event["failed_at"] = record["failed_at"]
             if result == "frozen":
                 event["weights_left"] = record.get("weights_left", {})
         events.append(event)
@@ -1292,9 +1310,14 @@ def summary_lines(plan: Mapping[str, Any], progress: Mapping[str, Any] | None = 
         elif entry["action"] == "restore":
             lines.append(f"{service}: {would}return all traffic to the recorded live colour {entry['live_colour']} "
                          f"({entry['to']['version']}) and {would}remove the other colour's instances")
-        elif entry["action"] in ("fast", "check"):
+        elif entry["action"] in ("fast", "check") and (check_mode or not progress):
             lines.append(f"{service}: {would}switch back to the warm {entry['new_colour']} ({version}) in one "
                          f"runtime-API batch, after checking its /version; no gate runs again")
+        elif entry["action"] == "fast":
+            lines.append(f"{service} {version} is live again on the warm {entry['new_colour']} (its /version checked, "
+                         f"switched back with the others in one runtime-API batch, no gate run again); "
+                         f"{entry['live_colour']} ({(entry.get('from') or {}).get('version', '')}) stays warm for "
+                         f"{scale_down_delay} s.")
         else:
             how = ("reuse the warm instances" if entry["action"] == "reuse" else
                    f"start {entry['new_colour']} instances on {', '.join(plan['hosts'])}")
@@ -1665,3 +1688,20 @@ def rolling_restore(plan: Mapping[str, Any], services: Sequence[str]) -> dict[st
     """Every reachable server of an aborted rolling service's live colour back at its weight before the run."""
     return {service: dict(plan["services"][service].get("restore") or {}) for service in services
             if plan["services"][service].get("action") == "rolling"}
+
+
+def inspections(host_results: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]],
+                ) -> list[dict[str, Any]]:
+    """docker_instances results of a loop over hosts, as one result per instance item ({service, colour, host,
+    name}): what docker_container_info returns, with the item, or the host's unreachability."""
+    by_host = {result.get("item"): result for result in host_results}
+    found = []
+    for item in items:
+        result = by_host.get(item["host"]) or {}
+        if result.get("unreachable"):
+            found.append({"item": dict(item), "unreachable": True, "msg": str(result.get("msg", ""))})
+            continue
+        container = (result.get("containers") or {}).get(item["name"]) or {}
+        found.append({"item": dict(item), "exists": bool(container.get("exists")),
+                      **({"container": container["container"]} if container.get("exists") else {})})
+    return found

@@ -170,10 +170,11 @@ def _one(params, spec, sleep):
                               interval_s=float(spec.get("interval", 10.0)), timeout=params["timeout"], sleep=sleep)
     except AnalysisError as exc:
         return {"service": spec["service"], "phase": "ERROR", "message": f"{where}: {exc}",
-                "measurements": exc.measurements}
+                "measurements": exc.measurements, "finished_at": time.time()}
     except _Stopped as exc:
         return {"service": spec["service"], "phase": "ABORTED", "message": str(exc), "measurements": []}
-    return {"service": spec["service"], **result}
+    # When the verdict was known: what the time to return traffic after a failed analysis is measured from.
+    return {"service": spec["service"], **result, "finished_at": time.time()}
 
 
 def main():

@@ -41,6 +41,11 @@ options:
       - With O(batch), the deploy state directory; the batch is applied under the lock C(playbooks/abort.yml)
         takes, so a run's move and an abort's return of the traffic never interleave.
     type: path
+  config_file:
+    description:
+      - With O(batch) or O(weights), the HAProxy configuration file; the weights of the servers that moved are
+        written into it after the move (only their C(weight) values change), so a restart or reload keeps them.
+    type: path
   release:
     description:
       - With O(batch) and O(state_dir), the release id of the run moving the traffic; once an abort was requested
@@ -149,6 +154,7 @@ from ansible.module_utils.xl_haproxy import (
     backend_state,
     config_weights,
     live_servers,
+    persist_weights,
     wait_drained,
     wait_until_drained,
 )
@@ -184,6 +190,8 @@ def _batch(module, params):
                                  aborted=True)
         result = apply_batch(params["socket"], batch, wait_up_timeout=params["wait_up_timeout"],
                              check_mode=module.check_mode)
+        if result["changed"] and not module.check_mode and params["config_file"]:
+            persist_weights(params["config_file"], {name: moved["after"] for name, moved in result["backends"].items()})
     backends = {}
     for name, moved in result["backends"].items():
         backends[name] = {"changed": moved["changed"], "commands": moved["commands"], "before": moved["before"],
@@ -210,6 +218,7 @@ def main():
             batch=dict(type="dict"),
             state_dir=dict(type="path"),
             release=dict(type="str"),
+            config_file=dict(type="path"),
             weights=dict(type="dict"),
             wait_up_timeout=dict(type="float", default=30.0),
             wait_drained_timeout=dict(type="float", default=0.0),
@@ -247,11 +256,17 @@ def main():
             extra["in_flight_left"] = wait_until_drained(params["socket"], params["backend"], lowered,
                                                          params["wait_drained_timeout"])
         servers = backend_state(params["socket"], params["backend"])
+        if result["changed"] and not module.check_mode and params["config_file"]:
+            persist_weights(params["config_file"], {params["backend"]: _weights(servers)})
     except HaproxyError as exc:
         where = params["backend"] or ", ".join(sorted(params["batch"] or {})) or ", ".join(params["backends"] or [])
         module.fail_json(msg=f"backend {where}: {exc}")
     except ValueError as exc:
         module.fail_json(msg=f"weights: {exc}")
+    except OSError as exc:
+        where = params["backend"] or ", ".join(sorted(params["batch"] or {}))
+        module.fail_json(msg=f"backend {where}: the weights moved but {params['config_file']} could not be "
+                             f"written: {exc}")
     live = live_servers(servers) if not module.check_mode else sorted(
         name for name, weight in result["after"].items() if weight > 0)
     module.exit_json(changed=result["changed"], servers=servers, weights=result["after"], source="runtime",

@@ -74,7 +74,7 @@ message:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.xl_haproxy import HaproxyError, apply_batch
+from ansible.module_utils.xl_haproxy import HaproxyError, apply_batch, persist_weights
 from ansible.module_utils.xl_lock import LockError, read
 from ansible.module_utils.xl_release import request_abort, traffic_guard
 
@@ -86,6 +86,7 @@ def main():
             socket=dict(type="path", required=True),
             by=dict(type="str", required=True),
             reason=dict(type="str", default=""),
+            config_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -107,6 +108,9 @@ def main():
                 request_abort(params["state_dir"], release, params["by"], params["reason"])
             moved = apply_batch(params["socket"], batch, wait_up_timeout=0, check_mode=module.check_mode) \
                 if batch else {"changed": False, "backends": {}}
+            if moved["changed"] and not module.check_mode and params["config_file"]:
+                persist_weights(params["config_file"],
+                                {name: item["after"] for name, item in moved["backends"].items()})
     except (HaproxyError, OSError) as exc:
         module.fail_json(msg=f"abort of {release}: the request was left for the run, but the traffic could not be "
                              f"returned: {exc}", release=release)

@@ -31,6 +31,7 @@ RUN_DIR = REPO / ".run" / "test"
 GOOD, NEXT = e2e_images.GOOD, e2e_images.NEXT
 NEVER_READY, GARBLED, ERRORS = e2e_images.NEVER_READY, e2e_images.GARBLED, e2e_images.ERRORS
 CRASHES, ERRORS_5, SLOW = e2e_images.CRASHES, e2e_images.ERRORS_5, e2e_images.SLOW
+TTS_GARBLED = e2e_images.TTS_GARBLED
 
 
 @dataclass
@@ -85,7 +86,7 @@ def docker_names(prefix: str = "xlt-") -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def images() -> dict[str, tuple[str, str]]:
+def images() -> dict[str, list[tuple[str, str]]]:
     """Every version the scenarios deploy (tests/support/e2e_images.py): built here, unless `make test` built
     them earlier in the same run."""
     if os.environ.get(e2e_images.PREBUILT_ENV) != "1":
@@ -123,7 +124,7 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture(scope="session")
-def test_env(images: dict[str, tuple[str, str]], webhook: Webhook) -> Iterator[None]:
+def test_env(images: dict[str, list[tuple[str, str]]], webhook: Webhook) -> Iterator[None]:
     playbook("teardown.yml")  # whatever an interrupted earlier run left behind
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     run = playbook("gateway.yml")

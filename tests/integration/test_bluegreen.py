@@ -217,7 +217,8 @@ def test_check_mode_prints_the_plan_and_changes_nothing() -> None:
     containers_before = docker_names()
     run = playbook("deploy.yml", "-e", "strategy=bluegreen", "-e", f"version={NEXT}", "--check", "--diff")
     assert run.returncode == 0, run.output[-4000:]
-    assert "+    asr_green: 100" in run.output and "-    asr_blue: 100" in run.output, run.output[-4000:]
+    assert "+        asr_green: 100" in run.output and "-        asr_blue: 100" in run.output, run.output[-4000:]
+    assert "asr 1.1.0: would start green instances on localhost" in run.output
     assert (RUN_DIR / "state" / "state.json").read_text() == state_before
     assert (RUN_DIR / "state" / "history.jsonl").read_text() == history_before
     assert docker_names() == containers_before

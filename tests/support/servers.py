@@ -60,6 +60,9 @@ class FakeInstance:
             "transcript": "can you turn on the kitchen lights please", "reply": "The kitchen lights are on.",
             "timings": {"asr": 0.5, "llm": 0.4, "tts": 0.2, "total": 1.1}}
         self.interactions = 0
+        # What /version answers.
+        self.about: dict[str, Any] = {"service": "asr", "version": "1.0.0", "colour": "blue", "release": "r1",
+                                      "image": "reg/xlerobot/asr@sha256:old"}
         # Authorization header of each transcription request ("" when none was sent).
         self.authorizations: list[str] = []
         owner = self
@@ -81,6 +84,8 @@ class FakeInstance:
                     self._send(200 if owner.alive else 500, {"status": "alive"})
                 elif self.path == "/readyz":
                     self._send(200 if owner.ready else 503, {"status": "ready" if owner.ready else "loading"})
+                elif self.path == "/version":
+                    self._send(200, owner.about)
                 else:
                     self._send(404, {"error": "no such path"})
 
@@ -124,9 +129,11 @@ class FakeInstance:
 
 
 class Haproxy:
-    """A real HAProxy with one backend `be_test` and the given servers (name -> (port, weight))."""
+    """A real HAProxy with one backend `be_test` and the given servers (name -> (port, weight)), and the backends of
+    `backends` ({backend: {server: (port, weight)}}) beside it."""
 
-    def __init__(self, workdir: Path, servers: dict[str, tuple[int, int]], frontend: Sequence[str] = ()):
+    def __init__(self, workdir: Path, servers: dict[str, tuple[int, int]], frontend: Sequence[str] = (),
+                 backends: dict[str, dict[str, tuple[int, int]]] | None = None):
         self.workdir = workdir
         self.socket = str(workdir / "admin.sock")
         self.frontend_port = free_port()
@@ -151,6 +158,10 @@ class Haproxy:
         ]
         lines += [f"    server {name} 127.0.0.1:{port} weight {weight} check" for name, (port, weight)
                   in servers.items()]
+        for backend, members in (backends or {}).items():
+            lines += [f"backend {backend}", "    option httpchk GET /readyz", "    http-check expect status 200"]
+            lines += [f"    server {name} 127.0.0.1:{port} weight {weight} check" for name, (port, weight)
+                      in members.items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -45,9 +45,10 @@ def test_the_repository_has_no_drift() -> None:
 def test_every_template_of_the_issue_exists_with_its_survey(objects: dict[str, Any]) -> None:
     names = {t["name"] for t in objects["awx_job_templates"]}
     assert names == {"xlerobot-deploy", "xlerobot-rollback", "xlerobot-provision", "xlerobot-validate",
-                     "xlerobot-rotate-secrets"}
+                     "xlerobot-rotate-secrets", "xlerobot-abort"}
     deploy = {q["variable"] for q in _template(objects, "xlerobot-deploy")["survey"]}
-    assert deploy == {"xlerobot_environment", "strategy", "version", "services", "rollback"}
+    assert deploy == {"xlerobot_environment", "strategy", "version", "services", "rollback", "abort_scope"}
+    assert {q["variable"] for q in _template(objects, "xlerobot-abort")["survey"]} == {"xlerobot_environment", "reason"}
     workflow = objects["awx_workflow_templates"][0]
     edges = {(n["identifier"], edge, target) for n in workflow["nodes"]
              for edge in ("success", "failure") for target in n.get(edge, [])}
@@ -78,7 +79,8 @@ def test_a_strategy_the_playbooks_do_not_have_is_refused(objects: dict[str, Any]
     deploy = [e for e in errors if e.template == "xlerobot-deploy"]
     assert deploy and all(e.variable == "strategy" for e in deploy)
     sources = " ".join(e.message for e in deploy)
-    assert "playbooks/deploy.yml: assert" in sources and "roles/release release_strategy choices" in sources
+    # The strategies live in one place, the release engine's own list; deploy.yml no longer restates them.
+    assert "plugins/module_utils/xl_release.py STRATEGIES" in sources and "deploy.yml: assert" not in sources
     assert "missing ['rolling']" in sources and "unknown ['shadow']" in sources
 
 

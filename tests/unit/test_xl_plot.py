@@ -1,5 +1,6 @@
-"""xl_plot and deploy_plot: weight shares from the recorded steps, error ratios from a Prometheus range query,
-and a real PNG drawn with matplotlib."""
+"""xl_plot, xl_report and deploy_report: weight shares from the recorded steps, error ratios from a Prometheus range
+query, a real PNG drawn with matplotlib, and the reports of a run (JSON, Markdown, PNG) written once for all its
+services."""
 
 from __future__ import annotations
 
@@ -75,15 +76,25 @@ def test_render_draws_a_png(tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
-def test_module_writes_the_plot_and_says_why_the_error_panel_is_empty(tmp_path: Path) -> None:
-    dest = tmp_path / "r.png"
-    args = {"report": CANARY, "prometheus_url": f"http://127.0.0.1:{free_port()}", "dest": str(dest)}
-    checked = ansible_cli.run_module("deploy_plot", args, "--check", python=ansible_cli.CONTROLLER_PYTHON)
-    assert checked["changed"] is True and not dest.exists()
-    result = ansible_cli.run_module("deploy_plot", args, python=ansible_cli.CONTROLLER_PYTHON)
+def test_module_writes_every_service_s_report_and_says_what_is_missing(tmp_path: Path) -> None:
+    events = [{**CANARY, "release": "r1", "gates": [{"name": "readiness", "type": "readiness", "passed": True,
+                                                     "measured": "HTTP 200", "host": "localhost"}]},
+              {**CANARY, "service": "tts", "release": "r1", "result": "aborted", "step": "gates",
+               "reason": "bad | voice", "gates": []}]
+    args = {"events": events, "prometheus_url": f"http://127.0.0.1:{free_port()}", "dest_dir": str(tmp_path),
+            "settle_timeout": 0}
+    checked = ansible_cli.run_module("deploy_report", args, "--check", python=ansible_cli.CONTROLLER_PYTHON)
+    assert checked["changed"] is False and not list(tmp_path.iterdir())
+    result = ansible_cli.run_module("deploy_report", args, python=ansible_cli.CONTROLLER_PYTHON)
     assert result["changed"] is True, result
-    assert result["error_panel"].startswith("Prometheus at http://127.0.0.1:") and dest.stat().st_mode & 0o777 == 0o644
-    assert dest.read_bytes().startswith(b"\x89PNG")
-    broken = ansible_cli.run_module("deploy_plot", {**args, "report": {**CANARY, "at": "soon"}},
+    assert sorted(Path(name).name for name in result["files"]) == [
+        "r1-asr.json", "r1-asr.md", "r1-asr.png", "r1-tts.json", "r1-tts.md", "r1-tts.png"]
+    assert "did not answer" in result["problems"]["asr"] and (tmp_path / "r1-asr.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r1-asr.png").read_bytes().startswith(b"\x89PNG")
+    markdown = (tmp_path / "r1-asr.md").read_text()
+    assert "| readiness | readiness | yes | HTTP 200 |" in markdown and "](r1-asr.png)" in markdown
+    assert "| reason | bad \\| voice |" in (tmp_path / "r1-tts.md").read_text()
+    assert "No gate ran in this run." in (tmp_path / "r1-tts.md").read_text()
+    broken = ansible_cli.run_module("deploy_report", {**args, "events": [{"service": "asr"}]},
                                     python=ansible_cli.CONTROLLER_PYTHON)
-    assert broken["failed"] and "deploy report of asr cannot be plotted: time 'soon'" in broken["msg"]
+    assert broken["failed"] and "deploy report of asr: the event lacks ['release', 'started_at', 'at']" in broken["msg"]

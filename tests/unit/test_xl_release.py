@@ -20,7 +20,8 @@ GATES = [{"name": "liveness", "type": "liveness"}, {"name": "readiness", "type":
 CATALOGUE = {
     "asr": {"image": "xlerobot/asr", "ports": {"blue": 18101, "green": 18102}, "gates": GATES, "stop_timeout": 60},
     "tts": {"image": "xlerobot/tts", "ports": {"blue": 18111, "green": 18112}, "gates": GATES[:2],
-            "canary": {"analysis": {"metrics": [{"name": "p95-latency", "successCondition": "result <= baseline + 0.25"}]}}},
+            "canary": {"analysis": {"metrics": [{"name": "p95-latency",
+                                                 "successCondition": "result <= baseline + 0.25"}]}}},
     "llm": {"image": "xlerobot/llm", "ports": {"blue": 18121, "green": 18122}, "gates": GATES[:2]},
     "multimodal": {"image": "xlerobot/multimodal", "ports": {"blue": 18131, "green": 18132}, "gates": GATES[:2],
                    "calls": ["asr", "llm", "tts"],
@@ -130,7 +131,7 @@ def test_a_live_colour_missing_an_instance_on_one_host_is_not_already_live() -> 
 
 
 def test_summarise_instances_keeps_no_environment_and_names_the_drift() -> None:
-    secret = "s3cr3t-token-value"
+    secret = "s3cr3t-token-value"  # noqa: S105 - a stand-in that must not come out again
     results = [
         {"item": {"service": "asr", "colour": "blue", "host": "localhost"}, "exists": True, "container": {
             "Config": {"Image": "reg/xlerobot/asr@sha256:old", "Labels": {"io.xlerobot.version": "1.0.0",
@@ -173,7 +174,8 @@ def test_bad_steps_are_named(steps: list, message: str) -> None:
 
 
 def test_rounds_align_every_service_at_its_end_and_share_one_pause() -> None:
-    stages = {"asr": r.parse_steps(CANARY_STEPS), "multimodal": r.parse_steps(CATALOGUE["multimodal"]["canary"]["steps"]),
+    stages = {"asr": r.parse_steps(CANARY_STEPS),
+              "multimodal": r.parse_steps(CATALOGUE["multimodal"]["canary"]["steps"]),
               "new": [{"setWeight": 100, "beats": []}]}
     rounds = r.plan_rounds(stages, first_release=["new"])
     assert [round_["weights"] for round_ in rounds] == [{"asr": 5, "new": 100}, {"asr": 20},
@@ -185,7 +187,8 @@ def test_analysis_layers_merge_metrics_by_name() -> None:
     layered = r.layered_analysis(DEFAULT_ANALYSIS, CATALOGUE["tts"]["canary"]["analysis"], {"window": "30s"})
     assert layered["window"] == "30s" and layered["count"] == 3
     assert [m["name"] for m in layered["metrics"]] == ["error-ratio", "p95-latency"]
-    assert layered["metrics"][1] == {"name": "p95-latency", "query": "q2", "successCondition": "result <= baseline + 0.25"}
+    assert layered["metrics"][1] == {"name": "p95-latency", "query": "q2",
+                                     "successCondition": "result <= baseline + 0.25"}
     assert DEFAULT_ANALYSIS["metrics"][1]["successCondition"] == "result <= baseline * 1.3 + 0.3", "layers unchanged"
     with pytest.raises(r.ReleaseError, match="needs a name"):
         r.layered_analysis({"metrics": [{"query": "x"}]})
@@ -326,7 +329,8 @@ def test_a_second_service_failing_its_gates_keeps_its_own_record() -> None:
     services = ["asr", "tts", "llm"]
     plan = r.plan_deploy(deploy_request(services), live_on_blue(services))
     progress = r.new_progress(plan, 1000.0)
-    results = [{"service": s, "host": "localhost", "passed": s != "tts", "results": [{"name": f"{s}-gate", "passed": s != "tts"}],
+    results = [{"service": s, "host": "localhost", "passed": s != "tts",
+                "results": [{"name": f"{s}-gate", "passed": s != "tts"}],
                 **({"msg": "gate 'readiness' failed for service tts"} if s == "tts" else {})} for s in services]
     progress = r.note_gates(progress, results)
     assert r.failed(progress) == ["tts"]

@@ -175,10 +175,11 @@ def install_probes(app: FastAPI, *, identity: Identity, metrics: Metrics, engine
     /readyz alone where ``version_details`` says what /version adds."""
     known = (*routes, *PROBES)
     about = version_details or details
-    # The error series exist from the start at 0: Prometheus' rate() ignores a counter's first sample, so a
-    # series born with its first error would hide that error from every error-ratio query.
+    # The error and success series exist from the start at 0: Prometheus' rate() and increase() ignore a counter's
+    # first sample, so a series born with its first request would hide that request (an error from every
+    # error-ratio query, a new colour's first answers from a deploy report written seconds after its switch).
     for route in routes:
-        for status in ERROR_STATUSES:
+        for status in (*ERROR_STATUSES, "200"):
             metrics.requests.labels(identity.service, route, status)
 
     @app.middleware("http")
