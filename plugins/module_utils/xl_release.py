@@ -384,22 +384,46 @@ def layered_analysis(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def dependency_waves(services: Sequence[str], catalogue: Mapping[str, Any]) -> dict[str, int]:
-    """Blue-green gates a service that calls others (catalogue `calls`) after the services it calls have moved in
-    the same run, so its gate already talks to their new versions: its wave is one more than theirs."""
+def dependency_waves(services: Sequence[str], depends: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """The wave of each service of a run: one more than the waves of the services of the run it depends on (it is
+    gated once they have moved), 0 for one that depends on none."""
     waves: dict[str, int] = {}
 
     def wave(service: str, seen: tuple[str, ...]) -> int:
         if service in seen:
             raise ReleaseError(f"services call each other in a circle: {' -> '.join((*seen, service))}")
         if service not in waves:
-            called = [other for other in (catalogue.get(service) or {}).get("calls") or [] if other in services]
+            called = [other for other in depends.get(service) or [] if other in services and other != service]
             waves[service] = 1 + max((wave(other, (*seen, service)) for other in called), default=-1)
         return waves[service]
 
     for service in services:
         wave(service, ())
     return waves
+
+
+def gate_dependencies(services: Sequence[str], catalogue: Mapping[str, Any], readback_url: str,
+                      first_release: Sequence[str], strategy: str) -> dict[str, list[str]]:
+    """What each service's gates need to have moved before they run.
+
+    - Blue-green: a service that calls others (catalogue `calls`: the voice interaction) is gated after them, so its
+      gate talks to their new versions, the combination its users get. A canary judges it under the split instead.
+    - Any strategy: a gate that reads speech back (speech synthesis, the voice interaction) needs a live speech
+      recognition behind the gateway; when that is a first release of the same run, it goes first. (Where speech
+      recognition is already live, its live version is the judge.)"""
+    readback_path = readback_url.split("://", 1)[-1].partition("/")[2]
+    judge = next((name for name, spec in catalogue.items()
+                  if readback_path and f"/{readback_path}" in (spec.get("paths") or [])), None)
+    depends: dict[str, list[str]] = {}
+    for service in services:
+        spec = catalogue.get(service) or {}
+        needs = [other for other in spec.get("calls") or [] if other in services
+                 and (strategy != "canary" or other in first_release)]
+        reads_back = any(gate.get("type") in ("speech", "interaction") for gate in spec.get("gates") or [])
+        if reads_back and judge and judge != service and judge in first_release and judge not in needs:
+            needs.append(judge)
+        depends[service] = needs
+    return depends
 
 
 def plan_rounds(stages: Mapping[str, list[dict[str, Any]]], first_release: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -665,19 +689,32 @@ def _traffic_rounds(plan: dict[str, Any], request: Mapping[str, Any], stages: Ma
                     first_release: Sequence[str]) -> list[dict[str, Any]]:
     """Blue-green: one round per dependency wave, each gating its services and then moving them. Canary: every
     service gated together (a service that calls others is judged under the same split as its users), then the
-    aligned rounds of their steps."""
+    aligned rounds of their steps; first releases that others' gates need go live in rounds of their own first."""
     services = list(stages)
-    if plan["strategy"] == "canary":
-        rounds = plan_rounds(stages, first_release)
-        if rounds:
-            rounds[0]["gate"] = services
+    depends = gate_dependencies(services, request["catalogue"], request.get("readback_url", ""), first_release,
+                                plan["strategy"])
+    waves = dependency_waves(services, depends)
+
+    def wave_rounds(members_of: Sequence[str]) -> list[dict[str, Any]]:
+        rounds = []
+        for wave in sorted({waves[service] for service in members_of}):
+            members = [service for service in members_of if waves[service] == wave]
+            rounds.append({"gate": members, "weights": dict.fromkeys(members, 100), "beats": []})
         return rounds
-    waves = dependency_waves(services, request["catalogue"])
-    rounds = []
-    for wave in sorted(set(waves.values())):
-        members = [service for service in services if waves[service] == wave]
-        rounds.append({"index": len(rounds), "gate": members, "weights": dict.fromkeys(members, 100), "beats": []})
-    return rounds
+
+    if plan["strategy"] != "canary":
+        rounds = wave_rounds(services)
+    else:
+        needed = {other for needs in depends.values() for other in needs}
+        early = [service for service in services if service in first_release and service in needed]
+        rest = [service for service in services if service not in early]
+        rounds = wave_rounds(early)
+        steps = plan_rounds({service: stages[service] for service in rest},
+                            [service for service in first_release if service in rest])
+        if steps:
+            steps[0]["gate"] = rest
+        rounds += steps
+    return [{**round_, "index": index} for index, round_ in enumerate(rounds)]
 
 
 def _plan_rolling(plan: dict[str, Any], request: Mapping[str, Any], entry_plan: dict[str, Any],

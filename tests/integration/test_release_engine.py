@@ -140,7 +140,9 @@ def test_with_abort_scope_service_only_the_failed_service_returns(golden_clips: 
         "asr": TTS_GARBLED, "tts": GOOD, "llm": TTS_GARBLED}
     events = {e["service"]: e for e in _history(3)}
     assert {s: e["result"] for s, e in events.items()} == {"asr": "success", "tts": "aborted", "llm": "success"}
-    assert events["tts"]["steps"] == [] and events["asr"]["steps"][0]["weights"]
+    # tts's timeline holds only its abort's traffic (where it already was), none of the others' switch.
+    assert [step["spec"] for step in events["tts"]["steps"]] == [{"abort": True}]
+    assert events["asr"]["steps"][0]["weights"] and events["tts"]["release"] == events["asr"]["release"]
     back = playbook("rollback.yml", "-e", "services=asr,llm")
     assert back.returncode == 0, back.output[-4000:]
     assert {service: _served(service)["version"] for service in THREE} == dict.fromkeys(THREE, GOOD)
@@ -152,11 +154,13 @@ def test_a_rollback_of_four_services_switches_every_warm_colour_back_with_no_gat
     assert run.returncode == 0, run.output[-4000:]
     assert {service: _served(service)["version"] for service in FOUR} == dict.fromkeys(FOUR, NEXT)
     with _load(golden_clips[GATE_TEXT], FOUR) as clients:
-        rollback = playbook("rollback.yml")
+        # The test environment names asr alone by default (env-test.yml): name all four.
+        rollback = playbook("rollback.yml", "-e", f"services={','.join(FOUR)}")
     assert rollback.returncode == 0, rollback.output[-4000:]
     assert _failures(clients) == [], _failures(clients)[:5]
     assert all(client.outcomes for client in clients)
-    assert {service: _served(service)["version"] for service in FOUR} == dict.fromkeys(FOUR, GOOD)
+    assert {service: _served(service)["version"] for service in FOUR} == dict.fromkeys(FOUR, GOOD), \
+        rollback.output[-6000:]
     events = _history(4)
     assert sorted(e["service"] for e in events) == sorted(FOUR)
     assert all(e["action"] == "rollback" and e["result"] == "success" and e["gates"] == [] for e in events)

@@ -195,10 +195,20 @@ def test_analysis_layers_merge_metrics_by_name() -> None:
 
 
 def test_a_service_that_calls_others_is_gated_after_them() -> None:
-    assert r.dependency_waves(["multimodal", "asr", "tts"], CATALOGUE) == {"multimodal": 1, "asr": 0, "tts": 0}
-    assert r.dependency_waves(["multimodal"], CATALOGUE) == {"multimodal": 0}
+    readback = "http://127.0.0.1:18080/v1/audio/transcriptions"
+    catalogue = {**CATALOGUE, "asr": {**CATALOGUE["asr"], "paths": ["/v1/audio/transcriptions"]},
+                 "tts": {**CATALOGUE["tts"], "gates": [{"type": "speech", "text": "x"}]}}
+    three = ["multimodal", "asr", "tts"]
+    depends = r.gate_dependencies(three, catalogue, readback, [], "bluegreen")
+    assert depends == {"multimodal": ["asr", "tts"], "asr": [], "tts": []}
+    assert r.dependency_waves(three, depends) == {"multimodal": 1, "asr": 0, "tts": 0}
+    assert r.gate_dependencies(three, catalogue, readback, [], "canary")["multimodal"] == []
+    # A first release of speech recognition must be live before speech synthesis can be read back.
+    first = r.gate_dependencies(three, catalogue, readback, ["asr"], "canary")
+    assert first == {"multimodal": ["asr"], "asr": [], "tts": ["asr"]}
+    assert r.dependency_waves(["multimodal"], {"multimodal": ["asr"]}) == {"multimodal": 0}
     with pytest.raises(r.ReleaseError, match="circle"):
-        r.dependency_waves(["a", "b"], {"a": {"calls": ["b"]}, "b": {"calls": ["a"]}})
+        r.dependency_waves(["a", "b"], {"a": ["b"], "b": ["a"]})
 
 
 # --- traffic ------------------------------------------------------------------------------------------------------
@@ -505,3 +515,18 @@ def test_the_lock_annotation_returns_every_service_of_the_run() -> None:
                                      "be_tts": {"tts_blue": 100, "tts_green": 0}}
     assert r.final_weights(plan) == {"be_asr": {"asr_green": 100, "asr_blue": 0},
                                      "be_tts": {"tts_green": 100, "tts_blue": 0}}
+
+
+def test_a_first_release_that_other_gates_read_back_through_goes_live_first() -> None:
+    catalogue = {**CATALOGUE, "asr": {**CATALOGUE["asr"], "paths": ["/v1/audio/transcriptions"]},
+                 "tts": {**CATALOGUE["tts"], "gates": [{"name": "synthetic-speech", "type": "speech", "text": "x"}]}}
+    empty = {"servers": {}, "instances": {}, "record": {}}
+    first = r.plan_deploy({**deploy_request(["asr", "tts"]), "catalogue": catalogue}, empty)
+    assert [(round_["gate"], round_["weights"]) for round_ in first["rounds"]] == [
+        (["asr"], {"asr": 100}), (["tts"], {"tts": 100})]
+    observed = live_on_blue(["tts"])
+    canary = r.plan_deploy({**deploy_request(["asr", "tts"], "canary"), "catalogue": catalogue}, observed)
+    assert [(round_.get("gate"), round_["weights"]) for round_ in canary["rounds"]] == [
+        (["asr"], {"asr": 100}), (["tts"], {"tts": 5}), (None, {"tts": 20}), (None, {"tts": 50}),
+        (None, {"tts": 100})]
+    assert [round_["index"] for round_ in canary["rounds"]] == [0, 1, 2, 3, 4]
