@@ -11,7 +11,7 @@ short_description: Inspect several containers of one Docker engine in one module
 description:
   - What M(community.docker.docker_container_info) returns for one container, for each of O(names), through the
     same client (community.docker's C(AnsibleDockerClient), so the connection options are the same).
-  - The release engine inspects every instance of a run (both colours of every service on a host) at once: one
+  - The release engine inspects every instance of a run (both colours of every service on a host) at once, one
     module start instead of one per container.
   - The results hold the containers' environment, secrets included; use C(no_log) where a secret may be in it.
 extends_documentation_fragment:

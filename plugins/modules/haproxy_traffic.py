@@ -34,7 +34,7 @@ options:
     elements: str
   batch:
     description:
-      - Target weights of several backends, C({backend: {server: weight}}), applied in one runtime-API call.
+      - "Target weights of several backends, C({backend: {server: weight}}), applied in one runtime-API call."
     type: dict
   state_dir:
     description:

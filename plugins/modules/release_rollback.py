@@ -15,10 +15,10 @@ description:
     the release engine's planner (C(xl_release.plan_rollback)).
   - A service whose traffic is split by a frozen or interrupted run goes back to the colour recorded as live. A
     service whose previous release is on the idle colour, with every server of it UP in HAProxy, has its warm
-    instances asked for C(/version) (side by side): when each answers the recorded version and an image of the
+    instances asked for C(/version) (side by side); when each answers the recorded version and an image of the
     recorded digest, it is switched back with the others in one runtime-API batch, read back and undone on any
     error, and no gate runs again (the warm colour served production before).
-  - Every other service is left alone and returned in RV(remaining) with why: the playbook then rolls it back
+  - Every other service is left alone and returned in RV(remaining) with why; the playbook then rolls it back
     through the release engine, as a gated blue-green deploy of the previous digest.
   - The state and history are written once for the services switched, and the weights into the HAProxy
     configuration; the deploy reports follow in the playbook.
@@ -61,9 +61,9 @@ options:
     type: bool
     default: false
   release:
-    description: Release id of this rollback (the lock is taken for it).
+    description: Release id of this rollback (the lock is taken for it); empty, one is made (C(<UTC time>-rollback)).
     type: str
-    required: true
+    default: ""
   environment:
     description: Environment name recorded with the events.
     type: str
@@ -129,6 +129,10 @@ lines:
   returned: always
   type: list
   elements: str
+release:
+  description: Release id of the rollback.
+  returned: always
+  type: str
 lock_kept:
   description: Whether the lock is still held for RV(remaining).
   returned: always
@@ -151,6 +155,7 @@ from ansible.module_utils.xl_release import (
     note_gates,
     note_weights,
     plan_rollback,
+    release_id,
     run_record,
     summary_lines,
     traffic_guard,
@@ -185,7 +190,7 @@ def main():
             to_version=dict(type="str", default=""),
             restore_only=dict(type="bool", default=False),
             break_lock=dict(type="bool", default=False),
-            release=dict(type="str", required=True),
+            release=dict(type="str", default=""),
             environment=dict(type="str", default="local"),
             registry=dict(type="str", default=""),
             scale_down_delay=dict(type="int", default=300),
@@ -195,6 +200,7 @@ def main():
     )
     params = module.params
     started = time.time()
+    params["release"] = params["release"] or release_id("rollback")
     state_dir = params["state_dir"]
     locked = False
     try:
@@ -251,12 +257,13 @@ def main():
             release(state_dir, params["release"])
             locked = False
     except LockHeld as exc:
-        module.fail_json(msg=str(exc), switched=[], remaining={})
+        module.fail_json(msg=str(exc), switched=[], remaining={}, release=params["release"])
     except (ReleaseError, LockError, HaproxyError, StateError, OSError) as exc:
         if locked:
             release(state_dir, params["release"])
         module.fail_json(msg=f"rollback in {state_dir}: {exc}", switched=[], remaining={})
-    module.exit_json(changed=bool(fast) and moved["changed"], switched=sorted(fast), remaining=remaining,
+    module.exit_json(changed=bool(fast) and moved["changed"], release=params["release"], switched=sorted(fast),
+                     remaining=remaining,
                      events=record["events"], removals=removals, lines=lines, lock_kept=keep,
                      diff={"before": {name: item["before"] for name, item in moved["backends"].items()},
                            "after": {name: item["after"] for name, item in moved["backends"].items()}})

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import xl_release
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,10 +59,8 @@ def test_the_molecule_matrix_is_every_scenario() -> None:
     assert sorted(matrix) == sorted(scenarios.group(1).split()) == on_disk
 
 
-def test_the_deploy_input_offers_the_strategies_the_playbook_accepts() -> None:
-    deploy = yaml.safe_load((REPO / "playbooks" / "deploy.yml").read_text())
-    accepted = next(task["vars"]["xlerobot_strategies"] for play in deploy for task in play.get("tasks", [])
-                    if "xlerobot_strategies" in task.get("vars", {}))
+def test_the_deploy_input_offers_the_strategies_the_engine_accepts() -> None:
+    accepted = list(xl_release.STRATEGIES)
     offered = _workflow()["on"]["workflow_dispatch"]["inputs"]["strategy"]["options"]
     assert sorted(offered) == sorted(accepted)
 
