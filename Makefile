@@ -79,6 +79,7 @@ teardown: venv
 
 bench: bootstrap
 	python bench/skeleton.py
+	python bench/release_engine.py
 	python bench/strategies.py
 	python bench/services.py
 	python bench/golden_wer.py

@@ -9,7 +9,6 @@ Usage: .venv/bin/python bench/skeleton.py [--requests 20]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -153,9 +152,6 @@ def main() -> None:
         figures["bluegreen_deploy_s"] = round(playbook("deploy.yml", "-e", f"version={V2}"), 1)
         figures["noop_deploy_s"] = round(playbook("deploy.yml", "-e", f"version={V2}"), 1)
         figures["rollback_s"] = round(playbook("rollback.yml"), 1)
-        history = [json.loads(line) for line in
-                   (REPO / ".run" / "bench" / "state" / "history.jsonl").read_text().splitlines()]
-        figures["rollback_switch_step_s"] = history[-1]["switch_seconds"]
         cut = cutover_ms()
         figures["cutover_ms_median"] = round(statistics.median(cut), 1)
         figures["cutover_ms_max"] = round(max(cut), 1)

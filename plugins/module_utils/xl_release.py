@@ -1358,9 +1358,15 @@ def summary_lines(plan: Mapping[str, Any], progress: Mapping[str, Any] | None = 
         else:
             how = ("reuse the warm instances" if entry["action"] == "reuse" else
                    f"start {entry['new_colour']} instances on {', '.join(plan['hosts'])}")
+            # On the version already live, say what made the live instances not the target (settings, GPUs,
+            # secrets): otherwise a redeploy of the same version reads as a mistake.
+            why = ""
+            if entry.get("live_colour") and (entry.get("from") or {}).get("version") == version and \
+                    entry.get("live_reasons"):
+                why = f" (the live instances are not the target: {'; '.join(entry['live_reasons'])})"
             if check_mode:
                 steps = _steps_text(plan, service)
-                lines.append(f"{service} {version}: would {how}, gate them, then set the weights {steps}")
+                lines.append(f"{service} {version}: would {how}, gate them, then set the weights {steps}{why}")
             else:
                 old = entry.get("live_colour") or ""
                 tail = ("first release of this service" if not old else
@@ -1368,7 +1374,7 @@ def summary_lines(plan: Mapping[str, Any], progress: Mapping[str, Any] | None = 
                         + ("retired" if int(scale_down_delay) == 0
                            else f"stays warm for {scale_down_delay} s for an instant rollback"))
                 reused = ", warm instance reused" if entry["action"] in ("reuse",) else ""
-                lines.append(f"{service} {version} is live on {entry['new_colour']}{reused}; {tail}.")
+                lines.append(f"{service} {version} is live on {entry['new_colour']}{reused}; {tail}{why}.")
     for service in plan.get("reap") or []:
         lines.append(f"{service['service']}: {would}retire the old colour {service['colour']} on {service['host']}")
     return lines

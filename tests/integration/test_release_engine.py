@@ -166,7 +166,8 @@ def test_a_rollback_of_four_services_switches_every_warm_colour_back_with_no_gat
     assert all(e["action"] == "rollback" and e["result"] == "success" and e["gates"] == [] for e in events)
     assert all(check["name"] == "warm-version" and check["passed"] for e in events for check in e["checks"])
     assert "Gates | The new instances" not in rollback.output, "no gate runs again on a warm colour"
-    assert len({e["release"] for e in events}) == 1 and len({e["at"] for e in events}) == 1, "one record, one write"
+    assert len({e["release"] for e in events}) == 1, [e["release"] for e in events]
+    assert len({e["at"] for e in events}) == 1, ("one record, one write", rollback.output[-6000:])
 
 
 def test_abort_stops_a_canary_in_its_pause_and_returns_its_traffic(golden_clips: dict[str, Path]) -> None:

@@ -105,7 +105,7 @@ def test_rolling_replaces_one_host_in_four_at_a_time_under_load(golden_clips: di
         time.sleep(2)
         run = _rolling(NEXT)
         finished = time.monotonic()
-        time.sleep(3)
+        load.wait_for_answers_after(finished)
     assert run.returncode == 0, run.output[-4000:]
     assert load.outcomes and load.failures == [], load.failures[:5]
     assert watch.samples > 20 and watch.most_out == 1, f"{watch.most_out} hosts were out of rotation at once"

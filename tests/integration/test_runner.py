@@ -33,6 +33,7 @@ GATEWAY = "http://127.0.0.1:18280"
 REGISTRY = "http://127.0.0.1:5000"
 VERSION = "1.0.0"
 GATES = ["liveness", "readiness", "synthetic-transcription"]
+GATE_TASK = "Gates | The new instances, side by side"
 
 
 def _env_playbook(name: str) -> None:
@@ -97,16 +98,15 @@ def test_job_is_successful(deploy: ansible_runner.Runner) -> None:
 def test_each_gate_is_an_ok_event_of_the_gate_task(deploy: ansible_runner.Runner) -> None:
     events = list(deploy.events)
     gate_events = [e for e in events if e["event"] == "runner_on_ok"
-                   and e["event_data"].get("task", "").startswith("Gate the instances - asr/")]
+                   and e["event_data"].get("task", "") == GATE_TASK]
     assert len(gate_events) == 1, [e["event_data"].get("task") for e in events if e["event"] == "runner_on_ok"]
-    result = gate_events[0]["event_data"]["res"]["results"][0]
-    assert result["passed"] is True
-    assert [gate["name"] for gate in result["results"]] == GATES
-    assert all(gate["passed"] for gate in result["results"]), result["results"]
-    # The per-host item event carries the same gates (what AWX shows under the task).
-    items = [e for e in events if e["event"] == "runner_item_on_ok"
-             and e["event_data"].get("task", "").startswith("Gate the instances - asr/")]
-    assert items and [g["name"] for g in items[0]["event_data"]["res"]["results"]] == GATES
+    # One task gates every new instance side by side; its result (what AWX shows under the task) holds each
+    # instance's gates, named by service, colour and host.
+    [target] = gate_events[0]["event_data"]["res"]["targets"]
+    assert (target["service"], target["host"], target["passed"]) == ("asr", "localhost", True)
+    assert target["colour"] in ("blue", "green")
+    assert [gate["name"] for gate in target["results"]] == GATES
+    assert all(gate["passed"] for gate in target["results"]), target["results"]
     # The run opens with the playbook and ends with its stats, as a job's event stream does in AWX.
     # (verbose events, such as Ansible's warnings, may come before it).
     typed = [e["event"] for e in events if e["event"] != "verbose"]
@@ -119,7 +119,7 @@ def test_artifacts_hold_stdout_status_and_rc(deploy: ansible_runner.Runner) -> N
     assert (artifacts / "status").read_text().strip() == "successful"
     assert (artifacts / "rc").read_text().strip() == "0"
     stdout = (artifacts / "stdout").read_text()
-    assert "PLAY RECAP" in stdout and "Gate the instances - asr/" in stdout
+    assert "PLAY RECAP" in stdout and GATE_TASK in stdout
     assert any((artifacts / "job_events").glob("*.json"))
     command = json.loads((artifacts / "command").read_text())
     assert command["cwd"] == str(REPO), "the project (the repository root) is the working directory"
@@ -142,7 +142,7 @@ def test_the_workflows_failure_step_leaves_the_live_release(deploy: ansible_runn
     restore = _run("playbooks/rollback.yml", artifacts, "restore", restore_only=True)
     assert restore.status == "successful", restore.stdout.read()[-4000:]
     switched = [e for e in restore.events if e["event"] == "runner_on_ok"
-                and e["event_data"].get("task", "").startswith(("Gate the instances", "Rollback | Target"))]
+                and e["event_data"].get("task", "").startswith((GATE_TASK, "Rollback | Run the release engine"))]
     assert switched == [], "restore_only must not look for or switch to an older release"
     after = requests.post(f"{GATEWAY}/v1/audio/transcriptions", files={"file": ("a.wav", b"", "audio/wav")},
                           timeout=60).headers.get("X-Served-By")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def test_rotating_the_service_token_moves_the_live_release_onto_it(store_vars: P
     try:
         run = _run("rotate_secrets.yml", store_vars, "-e", json.dumps({"gateway_rotate_clients": [TOKEN_CLIENT]}),
                    "-e", "gateway_rotate_grace_s=5")
+        # The switch is among the run's last steps: the new colour's answers come after it.
+        load.wait_for_answers_after(time.monotonic())
     finally:
         load.stop()
     assert run.returncode == 0, run.output[-4000:]

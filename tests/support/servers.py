@@ -63,6 +63,8 @@ class FakeInstance:
         # What /version answers.
         self.about: dict[str, Any] = {"service": "asr", "version": "1.0.0", "colour": "blue", "release": "r1",
                                       "image": "reg/xlerobot/asr@sha256:old"}
+        # How many /version requests answer 503 before it answers `about` (a busy instance's lost answer).
+        self.version_failures = 0
         # Authorization header of each transcription request ("" when none was sent).
         self.authorizations: list[str] = []
         owner = self
@@ -84,6 +86,9 @@ class FakeInstance:
                     self._send(200 if owner.alive else 500, {"status": "alive"})
                 elif self.path == "/readyz":
                     self._send(200 if owner.ready else 503, {"status": "ready" if owner.ready else "loading"})
+                elif self.path == "/version" and owner.version_failures > 0:
+                    owner.version_failures -= 1
+                    self._send(503, {"status": "busy"})
                 elif self.path == "/version":
                     self._send(200, owner.about)
                 else:

@@ -310,6 +310,21 @@ def test_a_warm_idle_colour_is_reused_and_an_already_live_service_is_left_alone(
     assert "tts 1.1.0 (sha256:new) is already live on blue; nothing to do." in r.summary_lines(plan)
 
 
+def test_a_redeploy_of_the_live_version_says_what_made_its_instances_not_the_target() -> None:
+    observed = live_on_blue(["asr"])
+    observed["instances"]["asr"]["blue"]["localhost"] = instance(
+        "1.1.0", "sha256:new", drift="localhost: started with settings cfg-old, the configuration asks for cfg-new")
+    plan = r.plan_deploy(deploy_request(["asr"]), observed)
+    assert plan["services"]["asr"]["action"] == "start"
+    [line] = r.summary_lines(plan, check_mode=True)
+    assert line.startswith("asr 1.1.0: would start green instances on localhost")
+    assert line.endswith("(the live instances are not the target: localhost: started with settings cfg-old, the "
+                         "configuration asks for cfg-new)")
+    # An upgrade needs no such words: the version says it.
+    upgrade = r.plan_deploy(deploy_request(["asr"]), live_on_blue(["asr"]))
+    assert "not the target" not in r.summary_lines(upgrade, check_mode=True)[0]
+
+
 def test_split_traffic_refuses_the_whole_run_before_anything_changes() -> None:
     observed = live_on_blue(["asr", "tts"])
     observed["servers"]["be_tts"] = servers_state("tts", {"blue": 75, "green": 25})
