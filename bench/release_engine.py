@@ -220,8 +220,27 @@ def canary_overrides(engine: Engine, pause: int) -> str:
 
 
 def measure(engine: Engine, clip: Path, runs: int, pause: int, full: bool) -> dict[str, Any]:
-    """Every figure of one engine."""
+    """Every figure of one engine; a run that fails ends its measurement with the reason among the figures, so
+    the other engine is still measured and both are printed."""
     figures: dict[str, Any] = {}
+    try:
+        _measure(engine, clip, runs, pause, full, figures)
+    except RuntimeError as exc:
+        figures["stopped_by"] = _failure_summary(str(exc))
+        print(f"{engine.name}: stopped by {figures['stopped_by']}", flush=True)
+    finally:
+        engine.playbook("teardown.yml", check=False)
+    return figures
+
+
+def _failure_summary(text: str) -> str:
+    """The failed run's first line and the reason Ansible printed, in one line."""
+    words = " ".join(text.split())
+    reason = words[words.find("failed for service"):][:300] if "failed for service" in words else words[-300:]
+    return f"{words.split(' failed:')[0]}: {reason}"
+
+
+def _measure(engine: Engine, clip: Path, runs: int, pause: int, full: bool, figures: dict[str, Any]) -> None:
     shutil.rmtree(engine.root / ".run" / "bench", ignore_errors=True)
     engine.playbook("teardown.yml", check=False)
     engine.playbook("gateway.yml")
@@ -261,8 +280,6 @@ def measure(engine: Engine, clip: Path, runs: int, pause: int, full: bool) -> di
     figures["canary_failed"] = failed(clients)
     if full:
         figures.update(measure_aborts(engine, clip))
-    engine.playbook("teardown.yml", check=False)
-    return figures
 
 
 def measure_aborts(engine: Engine, clip: Path) -> dict[str, Any]:

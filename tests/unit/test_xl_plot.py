@@ -98,3 +98,27 @@ def test_module_writes_every_service_s_report_and_says_what_is_missing(tmp_path:
     broken = ansible_cli.run_module("deploy_report", {**args, "events": [{"service": "asr"}]},
                                     python=ansible_cli.CONTROLLER_PYTHON)
     assert broken["failed"] and "deploy report of asr: the event lacks ['release', 'started_at', 'at']" in broken["msg"]
+
+
+def test_the_report_waits_for_a_scrape_only_where_prometheus_scrapes_the_services() -> None:
+    import xl_report
+
+    query = xl_report.settle_query(["asr", "tts"], 1000.0)
+    naps: list[float] = []
+    with FakePrometheus() as prometheus:
+        # Not scraped since the run ended, then scraped: it waits for that scrape.
+        prometheus.answer(query, 0, 0, 1)
+        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is True
+        assert naps == [1.0, 1.0]
+        # No series at all (nobody scrapes these services): nothing to wait for.
+        prometheus.answer(query, None)
+        naps.clear()
+        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is False
+        assert naps == []
+        # A Prometheus that answers errors is not waited for either.
+        prometheus.status = 503
+        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is False
+        assert naps == []
+    # Nor one that does not answer at all.
+    assert xl_report.wait_settled(f"http://127.0.0.1:{free_port()}", ["asr"], 1000.0, 10, sleep=naps.append) is False
+    assert naps == []
