@@ -4,9 +4,9 @@ this checkout's engine and, in the same run, for a baseline engine (a git revisi
 
 What each figure means is what its target names. A side thread polls HAProxy's runtime socket every 10 ms and
 records when each service's weights reached their target; the load generators' per-request log counts the failed
-requests. The cutover is the switch command (one runtime-API batch) to a probe's first answer from the new colour. Prints figures, the baseline's and the ratio;
-asserts nothing. Runs its own environment (bench/env-bench.yml, gateway 127.0.0.1:28080) on the machine's engine
-and registry and removes it at the end.
+requests. The cutover is the switch command (one runtime-API batch) to a probe's first answer from the new
+colour. Prints figures, the baseline's and the ratio; asserts nothing. Runs its own environment
+(bench/env-bench.yml, gateway 127.0.0.1:28080) on the machine's engine and registry and removes it at the end.
 
 Usage: .venv/bin/python bench/release_engine.py [--baseline-rev bef08f7] [--runs 5] [--baseline-runs 1]
        [--canary-pause 10] [--no-baseline]
@@ -265,8 +265,11 @@ def _measure(engine: Engine, clip: Path, runs: int, pause: int, full: bool, figu
         moved = [watch.reached(s, other(before[s]), started) for s in SERVICES]
         figures["bluegreen_last_traffic_s"] = round(max(m - started for m in moved if m), 1) if all(moved) else None
         cutover = measure_cutover(engine)
-        figures["cutover_ms"] = round(statistics.median(cutover), 1)
-        figures["cutover_max_ms"] = round(max(cutover), 1)
+        answered = [ms for ms in cutover if ms == ms]
+        figures["cutover_ms"] = round(statistics.median(answered), 1) if answered else None
+        figures["cutover_max_ms"] = round(max(answered), 1) if answered else None
+        # A round whose probe saw no answer from the new colour within half a second.
+        figures["cutover_unanswered"] = len(cutover) - len(answered)
         traffic, whole, lost = [], [], 0
         for _ in range(runs):
             before = live_colours(engine)
