@@ -125,7 +125,8 @@ removals:
   type: list
   elements: dict
 lines:
-  description: What was done (or would be done, in check mode), one line per service.
+  description: What was done (or would be done, in check mode), one line per service, the services left to the
+    gated path with why.
   returned: always
   type: list
   elements: str
@@ -266,6 +267,8 @@ def main():
         removals = [item for service in fast for item in plan["services"][service].get("remove") or []]
         lines = summary_lines(switched_plan, None if module.check_mode else progress, module.check_mode,
                               params["scale_down_delay"])
+        lines += [f"{service}: no warm colour to switch back to ({why}); rolled back with gates below"
+                  for service, why in remaining.items()]
         keep = bool(remaining) and params["keep_lock"]
         if locked and not keep:
             release(state_dir, params["release"])

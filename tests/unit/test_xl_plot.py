@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import xl_plot as plot
+import xl_report
 
 from tests.support import ansible_cli
 from tests.support.servers import FakePrometheus, free_port
@@ -101,8 +102,6 @@ def test_module_writes_every_service_s_report_and_says_what_is_missing(tmp_path:
 
 
 def test_the_report_waits_for_a_scrape_only_where_prometheus_scrapes_the_services() -> None:
-    import xl_report
-
     query = xl_report.settle_query(["asr", "tts"], 1000.0)
     naps: list[float] = []
     with FakePrometheus() as prometheus:
