@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import wave
 from collections.abc import Sequence
 from io import BytesIO
@@ -182,6 +183,49 @@ class Haproxy:
 
     def __exit__(self, *exc: object) -> None:
         if self.process:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class Prometheus:
+    """A real Prometheus (the Debian package's binary) on a free loopback port that scrapes its own /metrics every
+    second as job `xlerobot-services` with the labels `labels` (e.g. {"service": "asr"}): what the engine's queries
+    read from the environments' Prometheus, with a target that is there. Entered once the first scrape is in."""
+
+    def __init__(self, workdir: Path, labels: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "scrape_configs": [{"job_name": "xlerobot-services", "static_configs": [
+                      {"targets": [f"127.0.0.1:{self.port}"], "labels": labels}]}]}
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(json.dumps(config))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Prometheus":
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                # Ready once it has scraped its target: before that it knows no series of it.
+                query = urllib.parse.urlencode({"query": 'up{job="xlerobot-services"}'})
+                with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=2) as answer:
+                    if json.loads(answer.read())["data"]["result"]:
+                        return self
+                time.sleep(0.2)
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError("Prometheus did not start") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
 

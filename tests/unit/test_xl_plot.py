@@ -5,6 +5,7 @@ services."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import xl_plot as plot
 import xl_report
 
 from tests.support import ansible_cli
-from tests.support.servers import FakePrometheus, free_port
+from tests.support.servers import FakePrometheus, Prometheus, free_port
 
 CANARY = {
     "service": "asr", "version": "1.1.0", "strategy": "canary", "action": "deploy", "result": "success",
@@ -101,23 +102,21 @@ def test_module_writes_every_service_s_report_and_says_what_is_missing(tmp_path:
     assert broken["failed"] and "deploy report of asr: the event lacks ['release', 'started_at', 'at']" in broken["msg"]
 
 
-def test_the_report_waits_for_a_scrape_only_where_prometheus_scrapes_the_services() -> None:
-    query = xl_report.settle_query(["asr", "tts"], 1000.0)
+def test_the_report_waits_for_a_scrape_only_where_prometheus_scrapes_the_services(tmp_path: Path) -> None:
     naps: list[float] = []
-    with FakePrometheus() as prometheus:
-        # Not scraped since the run ended, then scraped: it waits for that scrape.
-        prometheus.answer(query, 0, 0, 1)
-        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is True
-        assert naps == [1.0, 1.0]
-        # No series at all (nobody scrapes these services): nothing to wait for.
-        prometheus.answer(query, None)
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        time.sleep(seconds)
+
+    with Prometheus(tmp_path, {"service": "asr"}) as prometheus:
+        # Scraped every second: a run that ends a second from now is settled after a scrape past that second.
+        assert xl_report.wait_settled(prometheus.url, ["asr"], time.time() + 1, 15, sleep=nap) is True
+        assert 1 <= len(naps) <= 10
+        # No series of these services at all (nobody scrapes them): nothing to wait for.
         naps.clear()
-        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is False
+        assert xl_report.wait_settled(prometheus.url, ["tts"], time.time(), 15, sleep=nap) is False
         assert naps == []
-        # A Prometheus that answers errors is not waited for either.
-        prometheus.status = 503
-        assert xl_report.wait_settled(prometheus.url, ["asr", "tts"], 1000.0, 10, sleep=naps.append) is False
-        assert naps == []
-    # Nor one that does not answer at all.
-    assert xl_report.wait_settled(f"http://127.0.0.1:{free_port()}", ["asr"], 1000.0, 10, sleep=naps.append) is False
+    # Nor for a Prometheus that does not answer.
+    assert xl_report.wait_settled(f"http://127.0.0.1:{free_port()}", ["asr"], time.time(), 15, sleep=nap) is False
     assert naps == []
