@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -375,15 +376,15 @@ def main() -> None:
     current = Engine("this engine", REPO)
     build(current)
     results: dict[str, dict[str, Any]] = {}
-    try:
-        results["current"] = measure(current, clip, args.runs, args.canary_pause, full=True)
-        print_figures(results)
-        if not args.no_baseline:
-            with baseline_checkout(args.baseline_rev) as tree:
-                baseline = Engine(f"baseline {args.baseline_rev}", tree)
-                results["baseline"] = measure(baseline, clip, args.baseline_runs, args.canary_pause, full=False)
-    finally:
-        current.playbook("teardown.yml", check=False)
+    # Stopped from outside, the benchmark still tears down what it started (each measurement ends with the
+    # engine's own teardown): a gateway or Prometheus left running would hold the ports of the next run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results["current"] = measure(current, clip, args.runs, args.canary_pause, full=True)
+    print_figures(results)
+    if not args.no_baseline:
+        with baseline_checkout(args.baseline_rev) as tree:
+            baseline = Engine(f"baseline {args.baseline_rev}", tree)
+            results["baseline"] = measure(baseline, clip, args.baseline_runs, args.canary_pause, full=False)
     print_figures(results)
     print(json.dumps(results, indent=2))
 
