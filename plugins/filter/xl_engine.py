@@ -96,8 +96,10 @@ def xl_release_by_backend(weights: Mapping[str, Mapping[str, int]]) -> dict[str,
 
 def xl_release_results(results: Sequence[Mapping[str, Any]], beat: Mapping[str, Any],
                        round_index: int | None = None) -> list[dict[str, Any]]:
-    """canary_analysis results with each service's step analysis spec and the round attached, for the timeline."""
-    return [{**result, "spec": (beat.get("analyses") or {}).get(result["service"]) or {}, "round": round_index}
+    """canary_analysis results with each service's step analysis spec, its step number and the round attached,
+    for the timeline."""
+    return [{**result, "spec": (beat.get("analyses") or {}).get(result["service"]) or {}, "round": round_index,
+             "step": (beat.get("steps") or {}).get(result["service"])}
             for result in results]
 
 

@@ -348,10 +348,11 @@ def parse_steps(steps: Any, where: str = "steps") -> list[dict[str, Any]]:
             if value is not None and not isinstance(value, Mapping):
                 raise ReleaseError(f"{here}: analysis must be a mapping (its keys override the defaults), "
                                    f"got {value!r}")
+            # The step's number in the service's own list, so a failure names the step the SRE wrote.
             if beats and beats[-1]["analysis"] is None:
-                beats[-1]["analysis"] = dict(value or {})
+                beats[-1].update(analysis=dict(value or {}), step=index + 1)
             else:
-                beats.append({"pause": 0.0, "analysis": dict(value or {})})
+                beats.append({"pause": 0.0, "analysis": dict(value or {}), "step": index + 1})
     if [stage["setWeight"] for stage in stages if stage["setWeight"] is not None][-1:] != [100]:
         stages.append({"setWeight": 100, "beats": []})
     return stages
@@ -443,11 +444,12 @@ def plan_rounds(stages: Mapping[str, list[dict[str, Any]]], first_release: Seque
                 round_["weights"][service] = stage["setWeight"]
             for beat_index, beat in enumerate(stage["beats"]):
                 while len(round_["beats"]) <= beat_index:
-                    round_["beats"].append({"pause": 0.0, "analyses": {}})
+                    round_["beats"].append({"pause": 0.0, "analyses": {}, "steps": {}})
                 target = round_["beats"][beat_index]
                 target["pause"] = max(target["pause"], beat["pause"])
                 if beat["analysis"] is not None:
                     target["analyses"][service] = beat["analysis"]
+                    target["steps"][service] = beat.get("step")
     return [round_ for round_ in rounds if round_["weights"] or round_["beats"]]
 
 
@@ -1013,7 +1015,9 @@ def note_analyses(progress: Mapping[str, Any], results: Sequence[Mapping[str, An
             "at": utc_text(now), "analysis": {"phase": phase, "measurements": result.get("measurements") or [],
                                               "message": result.get("message", "")}})
         if phase != "SUCCESSFUL":
-            _failure(updated, service, f"analysis at round {result.get('round', '?')}",
+            step = (f"step {result['step']} (analysis, round {result.get('round', '?')})" if result.get("step")
+                    else f"analysis at round {result.get('round', '?')}")
+            _failure(updated, service, step,
                      f"canary analysis of {service}: {phase}: {result.get('message', '')}", result.get("finished_at"))
     return updated
 

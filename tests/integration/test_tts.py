@@ -1,8 +1,9 @@
 """Speech synthesis end to end: the TTS service deployed blue-green through the same engine, gated by the live
 speech recognition reading its voice back, under load through the real gateway, and rolled back.
 
-Needs speech recognition live (the read-back goes through the gateway), so it deploys ASR first; ends with
-the TTS good version live again.
+Needs speech recognition live (the read-back goes through the gateway), so it deploys ASR first. Speech synthesis
+may be live already (an earlier module leaves 1.0.0 of every service live), so the first scenario deploys the next
+version, which is never live at the start; ends with that version live.
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ def speech_recognition_is_live() -> None:
     assert run.returncode == 0, run.output[-4000:]
 
 
-def test_first_tts_deploy_is_gated_by_the_read_back_and_speaks_through_the_gateway() -> None:
-    run = _deploy(GOOD)
+def test_a_tts_deploy_is_gated_by_the_read_back_and_speaks_through_the_gateway() -> None:
+    run = _deploy(NEXT)
     assert run.returncode == 0, run.output[-4000:]
     served, seconds = _speak()
-    assert served.startswith(f"tts/{GOOD}/")
+    assert served.startswith(f"tts/{NEXT}/")
     assert 1.0 < seconds < 10.0
     gate = next(g for g in _last_event("tts")["gates"] if g["type"] == "speech")
     assert gate["passed"] and gate["measured"] <= 0.25 and gate["audio_seconds"] > 0.5, gate
@@ -78,16 +79,16 @@ def test_tts_blue_green_under_load_loses_no_request_and_rollback_returns() -> No
     live_before = _live()["colour"]
     with LoadGenerator(SPEECH, json_body=REQUEST, concurrency=2) as load:
         time.sleep(2)
-        run = _deploy(NEXT)
+        run = _deploy(GOOD)
         finished = time.monotonic()
         load.wait_for_answers_after(finished)
     assert run.returncode == 0, run.output[-4000:]
     assert load.outcomes and load.failures == [], load.failures[:5]
     after = {o.served_by for o in load.outcomes if o.started > finished}
-    assert after == {f"tts/{NEXT}/{'green' if live_before == 'blue' else 'blue'}"}
+    assert after == {f"tts/{GOOD}/{'green' if live_before == 'blue' else 'blue'}"}
     back = playbook("rollback.yml", "-e", "services=tts")
     assert back.returncode == 0, back.output[-4000:]
-    assert _speak()[0] == f"tts/{GOOD}/{live_before}"
+    assert _speak()[0] == f"tts/{NEXT}/{live_before}"
 
 
 def test_a_voice_that_says_the_wrong_words_is_stopped_by_the_read_back_and_traffic_stays() -> None:

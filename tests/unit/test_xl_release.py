@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import xl_release as r
 
+from plugins.filter import xl_engine
+
 HOSTS = {"localhost": {"address": "127.0.0.1", "prefix": "xlt"}}
 FLEET = {f"node{i}": {"address": f"127.0.0.1{i}", "prefix": f"xlr-node{i}"} for i in range(1, 5)}
 GATES = [{"name": "liveness", "type": "liveness"}, {"name": "readiness", "type": "readiness"},
@@ -155,10 +157,11 @@ def test_summarise_instances_keeps_no_environment_and_names_the_drift() -> None:
 def test_steps_become_stages_of_beats_and_end_at_100() -> None:
     stages = r.parse_steps(CANARY_STEPS)
     assert [stage["setWeight"] for stage in stages] == [5, 20, 50, 100]
-    assert stages[0]["beats"] == [{"pause": 10.0, "analysis": {}}] and stages[-1]["beats"] == []
+    assert stages[0]["beats"] == [{"pause": 10.0, "analysis": {}, "step": 3}] and stages[-1]["beats"] == []
     assert r.parse_steps([{"setWeight": 30}, {"pause": "2m"}])[-1] == {"setWeight": 100, "beats": []}
     two = r.parse_steps([{"setWeight": 10}, {"analysis": {"count": 1}}, {"pause": 5}, {"analysis": {}}])
-    assert two[0]["beats"] == [{"pause": 0.0, "analysis": {"count": 1}}, {"pause": 5.0, "analysis": {}}]
+    assert two[0]["beats"] == [{"pause": 0.0, "analysis": {"count": 1}, "step": 2},
+                               {"pause": 5.0, "analysis": {}, "step": 4}]
 
 
 @pytest.mark.parametrize("steps, message", [
@@ -180,7 +183,8 @@ def test_rounds_align_every_service_at_its_end_and_share_one_pause() -> None:
     rounds = r.plan_rounds(stages, first_release=["new"])
     assert [round_["weights"] for round_ in rounds] == [{"asr": 5, "new": 100}, {"asr": 20},
                                                         {"asr": 50, "multimodal": 20}, {"asr": 100, "multimodal": 100}]
-    assert rounds[2]["beats"] == [{"pause": 10.0, "analyses": {"asr": {}, "multimodal": {"window": "3m"}}}]
+    assert rounds[2]["beats"] == [{"pause": 10.0, "analyses": {"asr": {}, "multimodal": {"window": "3m"}},
+                                   "steps": {"asr": 9, "multimodal": 3}}]
 
 
 def test_analysis_layers_merge_metrics_by_name() -> None:
@@ -392,6 +396,20 @@ def test_a_second_service_failing_its_gates_keeps_its_own_record() -> None:
     assert r.failure_messages(plan, progress) == [
         "bluegreen deploy of tts 1.1.0 aborted at step 'gates': gate 'readiness' failed for service tts. Traffic "
         "stays on blue (1.0.0); the green instance was removed."]
+
+
+def test_a_failed_analysis_names_the_step_of_the_service_own_list() -> None:
+    plan = r.plan_deploy(deploy_request(["asr"], "canary"), live_on_blue(["asr"]))
+    beat = next(beat for round_ in plan["rounds"] for beat in round_["beats"] if beat["analyses"])
+    assert beat["steps"] == {"asr": 3}
+    results = xl_engine.xl_release_results([{"service": "asr", "phase": "FAILED", "message": "error-ratio failed"}],
+                                           beat, 1)
+    progress = r.note_analyses(r.new_progress(plan, 1000.0), results, 1001.0)
+    assert progress["asr"]["step"] == "step 3 (analysis, round 1)"
+    aborted = r.note_abort(progress, plan, ["asr"], frozen=False, traffic=None, reason="", now=1002.0)
+    assert r.failure_messages(plan, aborted)[0].startswith(
+        "canary deploy of asr 1.1.0 aborted at step 'step 3 (analysis, round 1)': canary analysis of asr: FAILED: "
+        "error-ratio failed.")
 
 
 def test_an_abort_records_the_returned_traffic_in_the_timeline_and_a_freeze_the_weights_left() -> None:
