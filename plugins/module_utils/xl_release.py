@@ -278,6 +278,12 @@ def service_status(service: str, *, colours: Sequence[str], hosts: Sequence[str]
         return {**status, "state": "split", "live_colour": "", "idle_colour": "", "already_live": False,
                 "live_reasons": [], "idle_reusable": False, "idle_up": False, "from_version": "", "from_digest": ""}
     live_colour = live[0] if live else ""
+    if live_colour and _removed_everywhere(instances.get(live_colour) or {}, hosts):
+        # HAProxy kept the weights (its configuration persists them) but the instances were removed outside a run
+        # (playbooks/teardown.yml, or by hand): nothing serves, so the run is a first release, and gates that
+        # read back through the gateway wait for their judge to go live first.
+        status["live_removed"] = live_colour
+        live_colour = ""
     idle_colour = other_colour(live_colour, colours)
 
     def reasons(colour: str) -> list[str]:
@@ -293,13 +299,22 @@ def service_status(service: str, *, colours: Sequence[str], hosts: Sequence[str]
         "state": "live" if live_colour else "new",
         "live_colour": live_colour,
         "idle_colour": idle_colour,
-        "live_reasons": reasons(live_colour) if live_colour else ["no colour takes traffic"],
+        "live_reasons": (reasons(live_colour) if live_colour else
+                         [f"no instance of {status['live_removed']}, the colour HAProxy sends traffic to, on any "
+                          f"host"] if status.get("live_removed") else ["no colour takes traffic"]),
         "already_live": bool(live_colour) and not reasons(live_colour),
         "idle_reusable": not reasons(idle_colour),
         "idle_up": all((servers_state.get(name) or {}).get("up") for name in idle_servers),
         "from_version": running[0].get("version", "") if running else "",
         "from_digest": running[0].get("digest", "") if running else "",
     }
+
+
+def _removed_everywhere(found: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> bool:
+    """Every host was inspected and has no instance of the colour (a host not inspected or not reached proves
+    nothing)."""
+    return bool(hosts) and all(host in found and not found[host].get("exists") and not found[host].get("unreachable")
+                               for host in hosts)
 
 
 # --- steps: the strategies as data -----------------------------------------------------------------------------
@@ -1373,7 +1388,9 @@ def summary_lines(plan: Mapping[str, Any], progress: Mapping[str, Any] | None = 
                 lines.append(f"{service} {version}: would {how}, gate them, then set the weights {steps}{why}")
             else:
                 old = entry.get("live_colour") or ""
-                tail = ("first release of this service" if not old else
+                first = (f"nothing was serving (no instance of {entry['live_removed']}, where HAProxy sent the "
+                         f"traffic, on any host)" if entry.get("live_removed") else "first release of this service")
+                tail = (first if not old else
                         f"{old} ({entry['from'].get('version') or 'no instance was running'}) "
                         + ("retired" if int(scale_down_delay) == 0
                            else f"stays warm for {scale_down_delay} s for an instant rollback"))

@@ -563,3 +563,30 @@ def test_a_first_release_that_other_gates_read_back_through_goes_live_first() ->
         (["asr"], {"asr": 100}), (["tts"], {"tts": 5}), (None, {"tts": 20}), (None, {"tts": 50}),
         (None, {"tts": 100})]
     assert [round_["index"] for round_ in canary["rounds"]] == [0, 1, 2, 3, 4]
+
+
+def test_a_live_colour_removed_from_every_host_is_a_first_release() -> None:
+    # playbooks/teardown.yml removes the instances; HAProxy's persisted configuration still weighs blue at 100.
+    catalogue = {**CATALOGUE, "asr": {**CATALOGUE["asr"], "paths": ["/v1/audio/transcriptions"]},
+                 "tts": {**CATALOGUE["tts"], "gates": [{"name": "synthetic-speech", "type": "speech", "text": "x"}]}}
+    gone = {"exists": False, "running": False, "unreachable": False, "drift": "localhost: no instance"}
+    observed = {"servers": {r.backend(s): servers_state(s, {"blue": 100}, up=False) for s in ("asr", "tts")},
+                "instances": {s: {"blue": {"localhost": gone}, "green": {"localhost": gone}} for s in ("asr", "tts")},
+                "record": {}}
+    status = r.service_status("asr", colours=["blue", "green"], hosts=["localhost"],
+                              servers_state=observed["servers"]["be_asr"], instances=observed["instances"]["asr"])
+    assert (status["state"], status["live_colour"], status["idle_colour"]) == ("new", "", "blue")
+    assert status["live_reasons"] == ["no instance of blue, the colour HAProxy sends traffic to, on any host"]
+    plan = r.plan_deploy({**deploy_request(["asr", "tts"]), "catalogue": catalogue}, observed)
+    assert [(round_["gate"], round_["weights"]) for round_ in plan["rounds"]] == [
+        (["asr"], {"asr": 100}), (["tts"], {"tts": 100})], "the read-back's judge goes live before tts is gated"
+    # One host not reached, or not inspected, proves nothing: the colour stays live.
+    unreached = {**gone, "unreachable": True, "drift": "localhost: unreachable"}
+    kept = r.service_status("asr", colours=["blue", "green"], hosts=["localhost"],
+                            servers_state=observed["servers"]["be_asr"], instances={"blue": {"localhost": unreached}})
+    assert kept["state"] == "live" and kept["live_colour"] == "blue"
+    assert r.service_status("asr", colours=["blue", "green"], hosts=["localhost"],
+                            servers_state=observed["servers"]["be_asr"], instances={})["state"] == "live"
+    progress = r.note_weights(r.new_progress(plan, 1000.0), plan["rounds"][0], {"backends": {}}, ["asr", "tts"], 1001.0)
+    assert "asr 1.1.0 is live on blue; nothing was serving (no instance of blue, where HAProxy sent the traffic, " \
+           "on any host)." in r.summary_lines(plan, progress, False, 300)
