@@ -339,10 +339,10 @@ def measure_aborts(engine: Engine, clip: Path) -> dict[str, Any]:
         # The canary's own errors are the fault under test; any other failure is named, so that one a voice
         # interaction took from the canary of the speech recognition it calls reads as what it is.
         canary = f"asr/{ERRORS}/{other(live)}"
-        others = [f"{client.url.rsplit('/', 1)[-1]} {f.status} {f.served_by or '(no instance)'}"
-                  for client in clients for f in client.failures if f.served_by != canary]
-        figures["failed_analysis_failed_requests_canary"] = sum(
-            1 for client in clients for f in client.failures if f.served_by == canary)
+        failures = [(client.url.rsplit("/", 1)[-1], f) for client in clients for f in client.failures]
+        others = [f"{endpoint} {f.status} {f.served_by or '(no instance)'}" for endpoint, f in failures
+                  if f.served_by != canary]
+        figures["failed_analysis_failed_requests_canary"] = len(failures) - len(others)
         figures["failed_analysis_failed_requests_other"] = len(others)
         figures["failed_analysis_other_failures"] = "; ".join(sorted(set(others)))[:200]
     return figures

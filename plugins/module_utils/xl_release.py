@@ -278,11 +278,13 @@ def service_status(service: str, *, colours: Sequence[str], hosts: Sequence[str]
         return {**status, "state": "split", "live_colour": "", "idle_colour": "", "already_live": False,
                 "live_reasons": [], "idle_reusable": False, "idle_up": False, "from_version": "", "from_digest": ""}
     live_colour = live[0] if live else ""
+    not_live = ["no colour takes traffic"]
     if live_colour and _removed_everywhere(instances.get(live_colour) or {}, hosts):
         # HAProxy kept the weights (its configuration persists them) but the instances were removed outside a run
         # (playbooks/teardown.yml, or by hand): nothing serves, so the run is a first release, and gates that
         # read back through the gateway wait for their judge to go live first.
         status["live_removed"] = live_colour
+        not_live = [f"no instance of {live_colour}, the colour HAProxy sends traffic to, on any host"]
         live_colour = ""
     idle_colour = other_colour(live_colour, colours)
 
@@ -299,9 +301,7 @@ def service_status(service: str, *, colours: Sequence[str], hosts: Sequence[str]
         "state": "live" if live_colour else "new",
         "live_colour": live_colour,
         "idle_colour": idle_colour,
-        "live_reasons": (reasons(live_colour) if live_colour else
-                         [f"no instance of {status['live_removed']}, the colour HAProxy sends traffic to, on any "
-                          f"host"] if status.get("live_removed") else ["no colour takes traffic"]),
+        "live_reasons": reasons(live_colour) if live_colour else not_live,
         "already_live": bool(live_colour) and not reasons(live_colour),
         "idle_reusable": not reasons(idle_colour),
         "idle_up": all((servers_state.get(name) or {}).get("up") for name in idle_servers),
